@@ -1,0 +1,2 @@
+"""The knowledge-distillation trainer for causal LMs: the training loop, the distillation losses
+(including counterfactual teacher-prediction perturbation) and the student model builders."""

@@ -1,0 +1,1 @@
+"""Bias and utility evaluation: BOLD generation disparity between gendered prompts, and perplexity."""
