@@ -1,0 +1,512 @@
+"""Distillation losses as pure functions of tensors (no model, no Trainer state).
+
+Everything here takes logits / hidden states and returns a scalar loss, so it can be unit-tested on
+hand-made tensors and reused by any trainer. Conventions shared by every function:
+
+* **Reduction.** ``sum over counted positions / normaliser``. The normaliser is ``num_items_in_batch``
+  when given -- the number of target tokens in the *whole optimizer step* (all gradient-accumulation
+  micro-batches, all DDP ranks), exactly what ``transformers.Trainer`` passes to ``compute_loss`` -- and
+  otherwise the number of counted positions in this call. Normalising by the step-wide count makes the
+  accumulated gradient identical to one big batch, whatever the split into micro-batches.
+* **Empty batches.** A normaliser of 0 (everything masked, or ``num_items_in_batch == 0``) gives a loss
+  of exactly 0 that is still attached to the autograd graph (zero gradients), never NaN.
+* **Precision.** The math runs in float32 whatever the input dtype (float64 inputs stay float64, which
+  the tests use for tight comparisons); the returned loss is float32 (or float64).
+* **Frozen teacher.** Teacher tensors are treated as constants: no gradient ever flows into them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+__all__ = [
+    "IGNORE_INDEX",
+    "causal_lm_loss",
+    "hidden_cosine_loss",
+    "kd_loss",
+    "kd_loss_reference",
+]
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    # bf16/fp16 softmaxes over a 50k-150k vocabulary lose too much precision (and the KL of two nearly
+    # equal distributions is a difference of nearly equal numbers), so the math is always done in fp32.
+    # fp64 is kept so that tests and gradcheck can compare at ~1e-12.
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _as_item_count(num_items_in_batch: int | float | torch.Tensor | None) -> float | None:
+    """Validate ``num_items_in_batch`` and return it as a Python number (None if not given)."""
+    if num_items_in_batch is None:
+        return None
+    if isinstance(num_items_in_batch, torch.Tensor):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(
+                f"num_items_in_batch must be a scalar token count, got a tensor of shape "
+                f"{tuple(num_items_in_batch.shape)}"
+            )
+        # One host sync per step; transformers already syncs on this value for logging.
+        num_items_in_batch = num_items_in_batch.item()
+    if not math.isfinite(num_items_in_batch) or num_items_in_batch < 0:
+        raise ValueError(
+            f"num_items_in_batch must be a non-negative token count (the number of target tokens in the "
+            f"whole optimizer step), got {num_items_in_batch}"
+        )
+    return float(num_items_in_batch)
+
+
+def _check_mask(mask: torch.Tensor | None, positions_shape: torch.Size, what: str) -> None:
+    if mask is not None and tuple(mask.shape) != tuple(positions_shape):
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match the {what} shape without its last dim "
+            f"{tuple(positions_shape)}; the mask marks which positions count (e.g. shifted labels != -100) "
+            f"and must be shifted/sliced exactly like the {what}"
+        )
+
+
+def _check_kd_inputs(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None,
+    temperature: float,
+    beta: float,
+    chunk_size: int,
+) -> None:
+    if student_logits.dim() not in (2, 3):
+        raise ValueError(
+            f"student_logits must have shape (batch, seq, vocab) or (positions, vocab), "
+            f"got shape {tuple(student_logits.shape)}"
+        )
+    if not student_logits.is_floating_point() or not teacher_logits.is_floating_point():
+        raise ValueError(
+            f"logits must be floating point, got student {student_logits.dtype} "
+            f"and teacher {teacher_logits.dtype}"
+        )
+    if student_logits.shape != teacher_logits.shape:
+        s_shape, t_shape = tuple(student_logits.shape), tuple(teacher_logits.shape)
+        if s_shape[:-1] == t_shape[:-1]:
+            raise ValueError(
+                f"vocab sizes differ: student V={s_shape[-1]}, teacher V={t_shape[-1]}; teacher and student "
+                f"must share the tokenizer/vocabulary -- distill with a student built on the teacher's "
+                f"tokenizer (if both use the same tokenizer and only one embedding matrix is padded, "
+                f"slice both logits to len(tokenizer) before calling)"
+            )
+        raise ValueError(
+            f"student_logits shape {s_shape} and teacher_logits shape {t_shape} differ; both must be "
+            f"computed on the same input_ids with the same tokenizer/vocabulary, and sliced/shifted "
+            f"the same way"
+        )
+    _check_mask(mask, student_logits.shape[:-1], "logits")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(
+            f"beta must be in [0, 1] (0 = forward KL, 1 = reverse KL, in between = generalized JSD), "
+            f"got {beta!r}"
+        )
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1 (positions per chunk), got {chunk_size!r}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Knowledge-distillation divergence
+# ----------------------------------------------------------------------------------------------------
+
+
+def _chunk_divergence(
+    student_chunk: torch.Tensor,
+    teacher_chunk: torch.Tensor,
+    temperature: float,
+    beta: float,
+    teacher_is_log_probs: bool,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row divergence L and its closed-form gradient dL/dz for one chunk of rows.
+
+    ``z = s / tau`` are the softened student logits, ``p_S = softmax(z)``, ``p_T`` the softened teacher
+    distribution. Returns ``(L, dL/dz)`` with shapes ``(c,)`` and ``(c, V)`` in ``dtype``; the caller
+    applies the chain-rule factor ``1 / tau`` and the loss scale. Gradients (``p = p_S``):
+
+    * forward KL  ``L = sum p_T log(p_T/p)``:  ``dL/dz = p - p_T``
+    * reverse KL  ``L = sum p log(p/p_T)``:    ``dL/dz = p * (log(p/p_T) - L)``
+    * generalized JSD, ``m = beta p_T + (1-beta) p``,
+      ``L = beta KL(p_T||m) + (1-beta) KL(p||m)``:  ``dL/dz = (1-beta) p * (log(p/m) - KL(p||m))``
+      (writing ``L = beta sum p_T log p_T + (1-beta) sum p log p - sum m log m`` gives
+      ``g_i = dL/dp_i = (1-beta) log(p_i/m_i)``; the softmax Jacobian maps ``g`` to ``p * (g - <p, g>)``).
+    """
+    z = student_chunk.to(dtype)
+    if temperature != 1.0:
+        z = z / temperature
+    log_ps = torch.log_softmax(z, dim=-1)
+    del z
+    log_pt = teacher_chunk.to(dtype)
+    if not teacher_is_log_probs:  # a log-probability target is used as is (the caller softened it)
+        if temperature != 1.0:
+            log_pt = log_pt / temperature
+        log_pt = torch.log_softmax(log_pt, dim=-1)
+    ps = log_ps.exp()
+
+    if beta == 0.0:
+        pt = log_pt.exp()
+        # 0 * log 0 = 0: tokens the teacher rules out (log p_T = -inf, possible with teacher_is_log_probs)
+        # contribute nothing instead of 0 * -inf = NaN.
+        row = torch.where(pt > 0, pt * (log_pt - log_ps), 0.0).sum(-1)
+        dz = ps.sub_(pt)
+    elif beta == 1.0:
+        log_ratio = log_ps - log_pt
+        row = (ps * log_ratio).sum(-1)
+        dz = log_ratio.sub_(row.unsqueeze(-1)).mul_(ps)
+    else:
+        # log m = logaddexp(log(1-beta) + log p_S, log(beta) + log p_T): the mixture is never formed in
+        # probability space, which would underflow for tiny probabilities.
+        log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
+        pt = log_pt.exp()
+        kl_t = torch.where(pt > 0, pt * (log_pt - log_m), 0.0).sum(-1)
+        log_ps_over_m = log_ps.sub_(log_m)  # log_ps is no longer needed: reuse its buffer
+        del log_m
+        kl_s = (ps * log_ps_over_m).sum(-1)
+        row = beta * kl_t + (1.0 - beta) * kl_s
+        dz = log_ps_over_m.sub_(kl_s.unsqueeze(-1)).mul_(ps).mul_(1.0 - beta)
+    return row, dz
+
+
+class _ChunkedKDFunction(torch.autograd.Function):
+    """Chunked KD divergence whose forward also produces d(loss)/d(student logits).
+
+    Only that gradient (one tensor shaped and typed like the student logits) is kept for backward; the
+    float32 softmaxes of a chunk are freed before the next chunk starts. Backward is a multiplication by
+    ``grad_output``. This is the Liger-kernel pattern: it trades nothing in FLOPs (the gradient has to be
+    computed anyway) for never holding ``(B*T, V)`` float32 activations.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        pos_b: torch.Tensor,
+        pos_t: torch.Tensor,
+        normaliser: float,
+        temperature: float,
+        beta: float,
+        scale: float,
+        chunk_size: int,
+        teacher_is_log_probs: bool,
+    ) -> torch.Tensor:
+        dtype = _compute_dtype(student)
+        ctx.student_meta = (student.shape, student.dtype, student.device)
+        n_positions = pos_b.numel()
+        if n_positions == 0 or normaliser == 0:
+            # Nothing counts: the loss is an exact 0 and the gradient is all zeros (built lazily in backward).
+            ctx.has_grad = False
+            return torch.zeros((), dtype=dtype, device=student.device)
+
+        # zeros, not empty: masked positions must receive exactly zero gradient.
+        grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device)
+        loss_sum = torch.zeros((), dtype=dtype, device=student.device)
+        # loss = scale / normaliser * sum_rows L(s / tau)  =>  dloss/ds = scale / (tau * normaliser) * dL/dz
+        grad_coef = scale / (temperature * normaliser)
+        teacher_pos_b, teacher_pos_t = pos_b.to(teacher.device), pos_t.to(teacher.device)
+        for start in range(0, n_positions, chunk_size):
+            b, t = pos_b[start : start + chunk_size], pos_t[start : start + chunk_size]
+            # Gathering rows (instead of reshaping the whole tensor) keeps non-contiguous inputs such as
+            # logits[:, :-1] copy-free, skips masked positions entirely, and lets the teacher logits live on
+            # another device (e.g. offloaded to CPU) -- only one chunk of them is moved at a time.
+            student_chunk = student[b, t]
+            teacher_chunk = teacher[
+                teacher_pos_b[start : start + chunk_size], teacher_pos_t[start : start + chunk_size]
+            ].to(student.device)
+            row, dz = _chunk_divergence(
+                student_chunk, teacher_chunk, temperature, beta, teacher_is_log_probs, dtype
+            )
+            loss_sum += row.sum()
+            grad[b, t] = dz.mul_(grad_coef).to(student.dtype)
+            del row, dz, student_chunk, teacher_chunk
+
+        ctx.has_grad = True
+        ctx.save_for_backward(grad)
+        return loss_sum * (scale / normaliser)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor) -> tuple:  # type: ignore[override]
+        n_no_grad = 9  # teacher (frozen), pos_b, pos_t and the six Python arguments get no gradient
+        if not ctx.has_grad:
+            shape, dtype, device = ctx.student_meta
+            return (torch.zeros(shape, dtype=dtype, device=device),) + (None,) * n_no_grad
+        (grad,) = ctx.saved_tensors
+        # Multiply by a Python float rather than by the 0-dim tensor: for bf16 grads the scalar then stays
+        # in fp32 inside the kernel instead of being rounded to bf16 first. Out-of-place so that a second
+        # backward with retain_graph=True still sees the unscaled stored gradient.
+        return (grad * grad_output.item(),) + (None,) * n_no_grad
+
+
+def _positions(
+    positions_shape: torch.Size, mask: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch index, time index) of every position that counts, in row-major order."""
+    n_b, n_t = positions_shape
+    if mask is None:
+        flat = torch.arange(n_b * n_t, device=device)
+    else:
+        flat = mask.reshape(-1).to(device).nonzero().squeeze(1)  # nonzero entries count (bool or 0/1)
+    return flat // n_t, flat % n_t
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    scale_by_temperature_squared: bool = True,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int = 1024,
+    teacher_is_log_probs: bool = False,
+) -> torch.Tensor:
+    r"""Token-level distillation divergence between a frozen teacher and the student, chunked.
+
+    With softened distributions :math:`p_S = \mathrm{softmax}(s/\tau)` and
+    :math:`p_T = \mathrm{softmax}(t/\tau)` at every position, the per-position divergence ``L`` follows
+    TRL's ``GKDTrainer.generalized_jsd_loss`` (Agarwal et al. 2024, "On-Policy Distillation of Language
+    Models", Eq. 1) exactly:
+
+    * ``beta == 0``: forward KL :math:`KL(p_T \| p_S) = \sum_v p_T \log(p_T / p_S)` -- the classic
+      Hinton / DistilGPT-2 objective (mean-seeking);
+    * ``beta == 1``: reverse KL :math:`KL(p_S \| p_T)` (mode-seeking);
+    * ``0 < beta < 1``: generalized JSD with mixture :math:`m = \beta p_T + (1-\beta) p_S`,
+      :math:`L = \beta\,KL(p_T \| m) + (1-\beta)\,KL(p_S \| m)`; ``beta = 0.5`` is the usual symmetric
+      JSD, bounded by :math:`\log 2`.
+
+    Note the endpoints are special cases, not limits: as ``beta -> 0`` the JSD tends to 0 like
+    :math:`\beta\,KL(p_T \| p_S)` (and like :math:`(1-\beta)\,KL(p_S \| p_T)` as ``beta -> 1``), so
+    ``beta = 1e-3`` is *not* a drop-in replacement for forward KL -- it is ~1000x smaller.
+
+    The loss is
+
+    .. math:: \text{loss} = c \cdot \frac{1}{N} \sum_{\text{counted positions}} L,
+              \qquad c = \tau^2 \text{ if scale\_by\_temperature\_squared else } 1,
+
+    where the :math:`\tau^2` factor (Hinton et al. 2015) keeps gradient magnitudes comparable across
+    temperatures, and :math:`N` is ``num_items_in_batch`` if given, else the number of counted positions.
+
+    Args:
+        student_logits: ``(B, T, V)`` or ``(N, V)`` student logits, any float dtype; may be a
+            non-contiguous view such as ``logits[:, :-1]`` (it is never copied whole).
+        teacher_logits: same shape as ``student_logits``. Raw logits, or log-probabilities when
+            ``teacher_is_log_probs``. May live on another device (moved one chunk at a time). Treated as
+            a constant: the teacher is frozen and never receives a gradient.
+        mask: ``(B, T)`` (or ``(N,)``) bool / 0-1 tensor of positions that count, e.g. shifted
+            ``labels != -100``; nonzero entries count. None counts every position.
+        temperature: softmax temperature :math:`\tau > 0`, applied to the student and to raw teacher logits.
+        beta: divergence interpolation in ``[0, 1]``, see above.
+        scale_by_temperature_squared: multiply by :math:`\tau^2` (default True).
+        num_items_in_batch: normaliser -- the token count of the whole optimizer step across
+            gradient-accumulation micro-batches and DDP ranks, as ``transformers.Trainer`` passes it to
+            ``compute_loss`` (int or 1-element tensor). When None, the number of counted positions here.
+            ``0`` gives a zero loss. (Scaling by the DDP world size, as ``Trainer`` does when
+            ``average_tokens_across_devices`` is on, stays the caller's job.)
+        chunk_size: positions processed at a time; peak extra memory is a few ``(chunk_size, V)`` fp32
+            buffers.
+        teacher_is_log_probs: the teacher target is already a log-distribution (e.g. a perturbed /
+            counterfactual target) and is used **as is**: the temperature is *not* applied to it again --
+            the caller is responsible for any softening. The student is still divided by ``temperature``
+            and the :math:`\tau^2` factor still applies.
+
+    Returns:
+        Scalar float32 tensor (float64 for float64 inputs). Exactly 0 -- with a graph giving zero
+        gradients, never NaN -- when nothing is counted or ``num_items_in_batch == 0``.
+
+    Memory: the forward pass runs the divergence over ``chunk_size`` positions at a time and, in the same
+    pass, writes the closed-form gradient w.r.t. the student logits into one buffer of the student's
+    shape and dtype. That buffer is the only thing saved for backward, so neither the forward nor the
+    backward pass ever holds the full ``(B*T, V)`` float32 softmaxes (which a plain implementation keeps
+    several of alive in its autograd graph). Double backward is not supported.
+    """
+    _check_kd_inputs(student_logits, teacher_logits, mask, temperature, beta, chunk_size)
+    items = _as_item_count(num_items_in_batch)
+    if student_logits.dim() == 2:
+        # (N, V) is a batch of one sequence; unsqueeze is a view, so gradients still land on the input.
+        student_logits, teacher_logits = student_logits.unsqueeze(0), teacher_logits.unsqueeze(0)
+        mask = mask.unsqueeze(0) if mask is not None else None
+    pos_b, pos_t = _positions(student_logits.shape[:-1], mask, student_logits.device)
+    normaliser = items if items is not None else float(pos_b.numel())
+    scale = float(temperature) ** 2 if scale_by_temperature_squared else 1.0
+    return _ChunkedKDFunction.apply(
+        student_logits,
+        teacher_logits,
+        pos_b,
+        pos_t,
+        normaliser,
+        float(temperature),
+        float(beta),
+        scale,
+        chunk_size,
+        bool(teacher_is_log_probs),
+    )
+
+
+def kd_loss_reference(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    scale_by_temperature_squared: bool = True,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    teacher_is_log_probs: bool = False,
+) -> torch.Tensor:
+    """Plain, unchunked, full-vocabulary implementation of :func:`kd_loss` (same semantics).
+
+    Written the obvious way with ``log_softmax`` / ``F.kl_div`` (mirroring TRL's ``generalized_jsd_loss``)
+    and differentiated by autograd. It materialises several ``(B*T, V)`` float32 tensors and keeps them
+    alive for backward, so it is meant only as the ground truth that tests and benchmarks check the
+    chunked :func:`kd_loss` against.
+    """
+    _check_kd_inputs(student_logits, teacher_logits, mask, temperature, beta, chunk_size=1)
+    items = _as_item_count(num_items_in_batch)
+    dtype = _compute_dtype(student_logits)
+
+    log_ps = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    teacher = teacher_logits.detach().to(device=student_logits.device, dtype=dtype)
+    log_pt = teacher if teacher_is_log_probs else F.log_softmax(teacher / temperature, dim=-1)
+
+    # F.kl_div(input, target, log_target=True) = exp(target) * (target - input) = KL(target || input).
+    if beta == 0.0:
+        per_position = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)
+    elif beta == 1.0:
+        per_position = F.kl_div(log_pt, log_ps, reduction="none", log_target=True).sum(-1)
+    else:
+        log_m = torch.logsumexp(torch.stack([log_ps + math.log(1.0 - beta), log_pt + math.log(beta)]), dim=0)
+        kl_teacher = F.kl_div(log_m, log_pt, reduction="none", log_target=True).sum(-1)
+        kl_student = F.kl_div(log_m, log_ps, reduction="none", log_target=True).sum(-1)
+        per_position = beta * kl_teacher + (1.0 - beta) * kl_student
+
+    if mask is not None:
+        counted = mask.to(per_position.device) != 0
+        per_position = torch.where(counted, per_position, 0.0)
+        count = int(counted.sum())
+    else:
+        count = per_position.numel()
+    normaliser = items if items is not None else float(count)
+    if normaliser == 0:
+        return per_position.sum() * 0.0
+    scale = float(temperature) ** 2 if scale_by_temperature_squared else 1.0
+    return per_position.sum() * (scale / normaliser)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hard-label and hidden-state losses
+# ----------------------------------------------------------------------------------------------------
+
+
+def _normalise(total: torch.Tensor, count: torch.Tensor, items: float | None) -> torch.Tensor:
+    """``total / (items or count)`` with a 0 normaliser giving a graph-attached exact 0."""
+    if items is None:
+        # total is already 0 when count is 0 (every term was masked), so clamping only avoids 0/0,
+        # and it does so without a host sync.
+        return total / count.clamp(min=1).to(total.dtype)
+    if items == 0:
+        return total * 0.0
+    return total / items
+
+
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    r"""Next-token cross-entropy on the student's own labels (the "hard" part of the distillation loss).
+
+    .. math:: \text{loss} = \frac{1}{N} \sum_{b,t:\,y_{b,t+1} \ne \text{ignore}}
+              -\log \mathrm{softmax}(x_{b,t})_{y_{b,t+1}}
+
+    with :math:`N` = ``num_items_in_batch`` if given, else the number of non-ignored shifted labels --
+    the same normalisation as ``transformers``' ``ForCausalLMLoss``, so it composes with gradient
+    accumulation the same way.
+
+    Args:
+        logits: ``(B, T, V)`` logits, any float dtype (upcast to float32).
+        labels: ``(B, T)`` token ids aligned with ``input_ids`` (as passed to HF models); the shift by
+            one is done here. ``ignore_index`` marks positions that do not count.
+        num_items_in_batch: step-wide token count, see :func:`kd_loss`.
+        ignore_index: label value to ignore.
+
+    Returns:
+        Scalar float32 loss; exactly 0 (graph-attached) when no label counts.
+    """
+    if logits.dim() != 3 or tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"expected logits (batch, seq, vocab) and labels (batch, seq) aligned with input_ids, got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; pass unshifted labels, "
+            f"the shift is done here"
+        )
+    items = _as_item_count(num_items_in_batch)
+    vocab = logits.shape[-1]
+    shift_labels = labels[:, 1:].to(logits.device)
+    # Upcasting the (non-contiguous) shifted view makes the one contiguous fp32 copy that reshape then views.
+    shift_logits = logits[:, :-1, :].to(_compute_dtype(logits)).reshape(-1, vocab)
+    total = F.cross_entropy(
+        shift_logits, shift_labels.reshape(-1), ignore_index=ignore_index, reduction="sum"
+    )
+    return _normalise(total, (shift_labels != ignore_index).sum(), items)
+
+
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Cosine-embedding loss between student and teacher hidden states (DistilBERT / DistilGPT-2).
+
+    :math:`\text{loss} = \frac{1}{N} \sum_{\text{counted positions}} \bigl(1 - \cos(h_S, h_T)\bigr)`,
+    cosine along the hidden dimension, so it is 0 for aligned states and 2 for opposite ones. :math:`N`
+    is ``num_items_in_batch`` if given, else the number of counted positions.
+
+    Args:
+        student_hidden: ``(..., H)`` student hidden states (e.g. ``(B, T, H)``), any float dtype.
+        teacher_hidden: same shape; treated as a constant (frozen teacher, detached).
+        mask: bool / 0-1 tensor shaped like the hidden states without ``H``; nonzero entries count.
+        num_items_in_batch: step-wide count, see :func:`kd_loss`.
+
+    Returns:
+        Scalar float32 loss; exactly 0 (graph-attached) when nothing is counted.
+    """
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        raise ValueError(
+            f"hidden sizes differ: student H={student_hidden.shape[-1]}, "
+            f"teacher H={teacher_hidden.shape[-1]}; add a learned projection (e.g. nn.Linear(student H, "
+            f"teacher H)) on the student hidden states, or pick a student with the teacher's hidden size"
+        )
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"student_hidden shape {tuple(student_hidden.shape)} and teacher_hidden shape "
+            f"{tuple(teacher_hidden.shape)} differ; both must come from the same input_ids"
+        )
+    _check_mask(mask, student_hidden.shape[:-1], "hidden states")
+    items = _as_item_count(num_items_in_batch)
+    teacher = teacher_hidden.detach().to(device=student_hidden.device)
+    dtype = _compute_dtype(student_hidden)
+    per_position = 1.0 - F.cosine_similarity(student_hidden.to(dtype), teacher.to(dtype), dim=-1)
+    if mask is None:
+        count = torch.tensor(per_position.numel(), device=per_position.device)
+    else:
+        counted = mask.to(per_position.device) != 0
+        per_position = torch.where(counted, per_position, 0.0)
+        count = counted.sum()
+    return _normalise(per_position.sum(), count, items)
