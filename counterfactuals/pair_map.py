@@ -20,14 +20,18 @@ The structure, :class:`PairMap`:
 ``edge_src``, ``edge_dst``, ``edge_group``, ``source_ids``
     The transport used to map a distribution back (role reversal, q(w) = p̃(σ(w))). In the
     counterfactual context the teacher puts mass p̃(u) on token u; in the original context that mass
-    belongs to u's counterpart(s). Each gendered token u has one edge per possible target
-    (``sigma[u]`` and, for " her"/" his", the alternate): " he" -> " she"; " her" -> " his" and
-    " her" -> " him"; " him" -> " her". :meth:`PairMap.map_back` moves p̃(u) along u's edges; a token
-    with two targets splits its mass in proportion to the original teacher's own probabilities of
-    those targets at that position (it knows whether a possessive or an object comes next).
-    Every edge weight is >= 0 and each source's weights sum to 1, so the mass is conserved exactly:
-    nothing is lost (" her"'s mass is not all sent to " his") and nothing is counted twice (" his"
-    and " him" both flow into " her" instead of both reading p̃(" her")).
+    belongs to the tokens the swap turns into u — u's preimage. Each edge u -> w says "w swaps to
+    u": " she" -> " he"; " her" -> " his" and " her" -> " him" (both swap to " her"); " him" ->
+    " her" (an object "her" swaps to " him"); " Mr" -> " Ms", " Mrs", " Miss". A token that is not
+    swapped itself but is a one-way target keeps an edge to itself (" God" -> " God" and " God" ->
+    " Goddess", since "God" is never swapped but "goddess" swaps to "god"); a swapped token that no
+    token swaps to falls back to its own swap (" Mrs" -> " Mr").
+    :meth:`PairMap.map_back` moves p̃(u) along u's edges; a token with several edges splits its mass
+    in proportion to the original teacher's probabilities of the edge ends at that position (it
+    knows whether a possessive or an object comes next). Every edge weight is >= 0 and each source's
+    weights sum to 1, so the mass is conserved exactly: nothing is lost (" her"'s mass is not all
+    sent to " his") and nothing is counted twice (" his" and " him" both flow into " her" instead of
+    both reading p̃(" her")).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class PairMap:
     source_ids: torch.Tensor  # (S,) long; distinct edge sources (their own mass is moved away)
     starts_word: torch.Tensor  # (V,) bool; the token's text starts with a letter/digit (no space)
     ends_word: torch.Tensor  # (V,) bool; the token's text ends with a letter/digit
-    pairs: tuple[tuple[str, str], ...]  # (source token, target token) strings, for inspection
+    pairs: tuple[tuple[str, str], ...]  # (token, what it swaps to), alternates included, to inspect
 
     @property
     def vocab_size(self) -> int:
@@ -81,7 +85,7 @@ class PairMap:
 
     def __len__(self) -> int:
         """Number of tokens the swap changes."""
-        return int(self.source_ids.numel())
+        return int((self.sigma != torch.arange(self.vocab_size, device=self.sigma.device)).sum())
 
     def to(self, device: torch.device | str) -> PairMap:
         moved = {
@@ -251,14 +255,12 @@ def build_pair_map(
     alternate_rule[sigma == identity] = 0
     alternate = torch.where(alternate_rule > 0, alternate, sigma)
 
-    swapped = (sigma != identity).nonzero().squeeze(-1)
-    with_alternate = (alternate_rule > 0).nonzero().squeeze(-1)
-    edge_src = torch.cat([swapped, with_alternate])
-    edge_dst = torch.cat([sigma[swapped], alternate[with_alternate]])
-    order = torch.argsort(edge_src, stable=True)
-    edge_src, edge_dst = edge_src[order], edge_dst[order]
+    edge_src, edge_dst = _preimage_edges(sigma, alternate, alternate_rule)
     source_ids, edge_group = torch.unique(edge_src, return_inverse=True)
     tokens = tokenizer.convert_ids_to_tokens
+    swapped, with_alternate = (sigma != identity).nonzero()[:, 0], (alternate_rule > 0).nonzero()[:, 0]
+    swap_src = torch.cat([swapped, with_alternate])
+    swap_dst = torch.cat([sigma[swapped], alternate[with_alternate]])
     texts = _token_texts(tokenizer)
     starts_word, ends_word = _word_edges(texts, size)
     return PairMap(
@@ -272,8 +274,29 @@ def build_pair_map(
         edge_dst=edge_dst,
         edge_group=edge_group,
         source_ids=source_ids,
-        pairs=tuple(zip(tokens(edge_src.tolist()), tokens(edge_dst.tolist()), strict=True)),
+        pairs=tuple(zip(tokens(swap_src.tolist()), tokens(swap_dst.tolist()), strict=True)),
     )
+
+
+def _preimage_edges(
+    sigma: torch.Tensor, alternate: torch.Tensor, alternate_rule: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges u -> w for every w that the swap turns into u (see the module docstring), sorted by u."""
+    identity = torch.arange(sigma.numel())
+    swapped = (sigma != identity).nonzero().squeeze(-1)
+    with_alternate = (alternate_rule > 0).nonzero().squeeze(-1)
+    src = torch.cat([sigma[swapped], alternate[with_alternate]])
+    dst = torch.cat([swapped, with_alternate])
+    is_source = torch.zeros_like(sigma, dtype=torch.bool)
+    is_source[src] = True
+    # a one-way target that is not swapped itself may also just be itself ("God" stays "God")
+    itself = (is_source & (sigma == identity)).nonzero().squeeze(-1)
+    # a swapped token nothing swaps to ("Mrs": Mrs -> Mr one way) goes back the way it swaps
+    orphans = (~is_source & (sigma != identity)).nonzero().squeeze(-1)
+    src = torch.cat([src, itself, orphans])
+    dst = torch.cat([dst, itself, sigma[orphans]])
+    order = torch.argsort(src * sigma.numel() + dst)  # deterministic: by source, then target
+    return src[order], dst[order]
 
 
 def _vocabulary_size(tokenizer) -> int:

@@ -215,3 +215,24 @@ def test_vocab_size_and_id_checks(gpt2_tok, gpt2_map):
     with pytest.raises(ValueError, match="vocab_size=model.config.vocab_size"):
         gpt2_map.map_back(torch.rand(2, 100))
     assert gpt2_map.swap_ids(torch.zeros(2, 0, dtype=torch.long))[1].tolist() == [False, False]
+
+
+def test_map_back_sends_one_way_targets_to_their_whole_preimage(gpt2_tok, gpt2_map):
+    """ " Mr" in the counterfactual context is what " Ms", " Mrs" and " Miss" swap to, so its mass goes
+    back to all three, as the original teacher weighs them; " God" is not swapped but " goddess"
+    swaps to " god", so " God" mass stays or goes to " Goddess"."""
+    cf = random_distribution((3,), gpt2_map.vocab_size, seed=6)
+    ref = random_distribution((3,), gpt2_map.vocab_size, seed=7)
+    q = gpt2_map.map_back(cf, ref)
+    mr, ms, mrs, miss = (one_token(gpt2_tok, w) for w in (" Mr", " Ms", " Mrs", " Miss"))
+    assert gpt2_map.sigma[mr] == ms and gpt2_map.sigma[mrs] == mr and gpt2_map.sigma[miss] == mr
+    share = ref[..., [ms, mrs, miss]] / ref[..., [ms, mrs, miss]].sum(-1, keepdim=True)
+    torch.testing.assert_close(q[..., [ms, mrs, miss]], cf[..., [mr]] * share)
+    torch.testing.assert_close(q[..., mr], cf[..., ms] + cf[..., mrs] + cf[..., miss])
+    god, goddess = one_token(gpt2_tok, " God"), one_token(gpt2_tok, " Goddess")
+    assert gpt2_map.sigma[god] == god and gpt2_map.sigma[goddess] == god
+    torch.testing.assert_close(q[..., god] + q[..., goddess], cf[..., god] + cf[..., goddess])
+    torch.testing.assert_close(
+        q[..., goddess], cf[..., god] * ref[..., goddess] / (ref[..., god] + ref[..., goddess])
+    )
+    torch.testing.assert_close(q.sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
