@@ -18,17 +18,24 @@ hand-made tensors and reused by any trainer. Conventions shared by every functio
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+if TYPE_CHECKING:
+    from counterfactuals import PairMap
+
 __all__ = [
+    "COMBINE_MODES",
     "IGNORE_INDEX",
+    "SCOPES",
     "causal_lm_loss",
     "hidden_cosine_loss",
     "kd_loss",
     "kd_loss_reference",
+    "role_reversal",
 ]
 
 IGNORE_INDEX = -100
@@ -501,6 +508,8 @@ def hidden_cosine_loss(
     _check_mask(mask, student_hidden.shape[:-1], "hidden states")
     items = _as_item_count(num_items_in_batch)
     teacher = teacher_hidden.detach().to(device=student_hidden.device)
+    if teacher.is_inference():  # made under torch.inference_mode: autograd may not save it as is
+        teacher = teacher.clone()
     dtype = _compute_dtype(student_hidden)
     per_position = 1.0 - F.cosine_similarity(student_hidden.to(dtype), teacher.to(dtype), dim=-1)
     if mask is None:
@@ -510,3 +519,118 @@ def hidden_cosine_loss(
         per_position = torch.where(counted, per_position, 0.0)
         count = counted.sum()
     return _normalise(per_position.sum(), count, items)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Counterfactual role reversal: the perturbed teacher target
+# ----------------------------------------------------------------------------------------------------
+
+COMBINE_MODES = ("max", "mean", "expMean")
+SCOPES = ("all", "gendered")
+
+
+def role_reversal(
+    teacher_logits: torch.Tensor,
+    counterfactual_logits: torch.Tensor | None,
+    pair_map: PairMap,
+    mode: str,
+    *,
+    temperature: float = 1.0,
+    scope: str = "all",
+    context_ids: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    r"""The perturbed teacher target of Gupta et al. (2022) as log-probabilities, shape ``(..., V)``.
+
+    With :math:`p = \mathrm{softmax}(t/\tau)` the teacher's next-token distribution on the original
+    context and :math:`\tilde p = \mathrm{softmax}(\tilde t/\tau)` on the gender-swapped one, the
+    counterfactual view is mapped back to the original's vocabulary roles,
+    :math:`q(w) = \tilde p(\sigma(w))` (``pair_map.map_back``: mass-conserving for the many-to-one
+    pairs, " her" split between " his"/" him" as :math:`p` weighs them), then combined:
+
+    * ``max``: :math:`r = \max(p, q)`; ``mean``: :math:`r = (p + q)/2`;
+      ``expMean``: :math:`r = \sqrt{p\,q}` (geometric mean);
+    * ``scope="all"`` combines over the whole vocabulary; ``scope="gendered"`` only over the tokens
+      the pair map touches, every other token keeping :math:`p`;
+
+    and renormalised: the result is :math:`\log(r / \sum r)`. In a gender-neutral context
+    (``counterfactual_logits`` None or equal to ``teacher_logits``) every one-to-one pair gets equal
+    probability under every mode: that is what evens out "the nurse said that [he|she]".
+
+    Args:
+        teacher_logits: ``(..., V)`` teacher logits on the original context.
+        counterfactual_logits: same shape, on the swapped context; None means the context has no
+            gendered token, so :math:`\tilde p = p` (the trainer's rows that the swap left alone).
+        pair_map: the token swap (``counterfactuals.build_pair_map``) of the tokenizer.
+        mode: one of ``max``, ``mean``, ``expMean``.
+        temperature: softmax temperature applied to both teacher views (the target is then used as is
+            by :func:`kd_loss` with ``teacher_is_log_probs=True``).
+        scope: ``all`` or ``gendered``.
+        context_ids: ``(...)`` the last context token of each position (``input_ids`` aligned with the
+            logits), so word pieces such as "Samp|son" are not swapped (see ``PairMap.map_back``).
+        chunk_size: positions processed at a time, bounding the fp32 temporaries.
+
+    Returns:
+        float32 (float64 for float64 input) log-probabilities, no gradient (the teacher is frozen).
+    """
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"unknown perturbation mode {mode!r}; use one of {', '.join(COMBINE_MODES)}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown perturbation scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    if counterfactual_logits is not None and counterfactual_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"counterfactual_logits {tuple(counterfactual_logits.shape)} must have the teacher logits' "
+            f"shape {tuple(teacher_logits.shape)}: the swap keeps sequence lengths"
+        )
+    vocab = teacher_logits.shape[-1]
+    if vocab != pair_map.vocab_size:
+        raise ValueError(
+            f"teacher vocabulary V={vocab} but the pair map covers {pair_map.vocab_size} tokens; build it "
+            "with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dtype = _compute_dtype(teacher_logits)
+    lead = teacher_logits.shape[:-1]
+    teacher = teacher_logits.detach().reshape(-1, vocab)
+    counterfactual = (
+        None if counterfactual_logits is None else counterfactual_logits.detach().reshape(-1, vocab)
+    )
+    context = None if context_ids is None else context_ids.reshape(-1).to(teacher.device)
+    if context is not None and context.numel() != teacher.shape[0]:
+        raise ValueError(
+            f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape {tuple(lead)}"
+        )
+    pair_map = pair_map.to(teacher.device)
+    gendered = pair_map.gendered_ids
+    out = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
+    with torch.no_grad():
+        for start in range(0, teacher.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            log_p = F.log_softmax(teacher[rows].to(dtype) / temperature, dim=-1)
+            p = log_p.exp()
+            p_cf = (
+                p
+                if counterfactual is None
+                else F.softmax(counterfactual[rows].to(dtype) / temperature, dim=-1)
+            )
+            q = pair_map.map_back(p_cf, p, None if context is None else context[rows])
+            if scope == "gendered":
+                # only the gendered tokens are combined; everything else keeps the original teacher's p
+                log_r = log_p.clone()
+                log_r[:, gendered] = _combine(mode, p[:, gendered], q[:, gendered], log_p[:, gendered])
+            else:
+                log_r = _combine(mode, p, q, log_p)
+            out[rows] = log_r - torch.logsumexp(log_r, dim=-1, keepdim=True)
+    return out.reshape(*lead, vocab)
+
+
+def _combine(mode: str, p: torch.Tensor, q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """Unnormalised log of the combined distribution."""
+    if mode == "max":
+        return torch.maximum(p, q).log()
+    if mode == "mean":
+        return ((p + q) * 0.5).log()
+    return 0.5 * (log_p + q.log())  # expMean: geometric mean; a token q gives no mass stays at 0

@@ -1,0 +1,194 @@
+"""``DistillationConfig``: everything a distillation run needs, as ``TrainingArguments`` plus our fields.
+
+One dataclass so that ``HfArgumentParser`` reads it from a YAML recipe and ``--key value`` overrides,
+every field carries its help text, and ``__post_init__`` rejects bad values before any model loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses import COMBINE_MODES, SCOPES
+
+STUDENT_INITS = ("layers", "pretrained", "config", "lora")
+CDA_MODES = ("two_sided", "one_sided")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    # --- teacher -------------------------------------------------------------------------------------
+    teacher_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher: a Hub id (gpt2), a local directory, or a .gguf file (dequantised on load)."
+        },
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Teacher weights dtype: auto (bf16 when training in bf16, fp16 in fp16, else fp32), "
+            "float32, bfloat16 or float16. The frozen teacher only runs forward passes."
+        },
+    )
+    # --- student -------------------------------------------------------------------------------------
+    student_init: str = field(
+        default="layers",
+        metadata={
+            "help": "How to build the student: 'layers' copies chosen teacher layers (DistilGPT-2 recipe), "
+            "'pretrained' loads student_name_or_path, 'config' initialises student_name_or_path's config "
+            "randomly, 'lora' is the teacher plus LoRA adapters (the paper's fine-tuned variant)."
+        },
+    )
+    student_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Student model or config (Hub id or path) for student_init pretrained/config."},
+    )
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Teacher layers copied into the student (student_init=layers), e.g. 0 2 4 7 9 11."},
+    )
+    student_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Student layer count, evenly spaced over the teacher's, when student_layers is unset."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (student_init=lora)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (student_init=lora)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (student_init=lora)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Modules LoRA adapts (student_init=lora); default: all linear layers."},
+    )
+    # --- data ----------------------------------------------------------------------------------------
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training text: a Hub dataset id, or a local .txt/.jsonl/.json/.parquet/.csv file or dir."
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset configuration name."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    train_split: str = field(
+        default="train", metadata={"help": "Training split, slicing allowed: train[:10000]."}
+    )
+    eval_split: str | None = field(default=None, metadata={"help": "Evaluation split of the same dataset."})
+    validation_split_percentage: float = field(
+        default=0.0,
+        metadata={"help": "Percent of the training split held out for evaluation (when no eval_split)."},
+    )
+    block_size: int = field(default=512, metadata={"help": "Tokens per packed training sequence."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many training blocks."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep at most this many eval blocks."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenisation and CDA (datasets.map num_proc)."}
+    )
+    # --- counterfactual modifications ----------------------------------------------------------------
+    perturbation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher-prediction perturbation (counterfactual role reversal): max, mean or expMean. "
+            "Unset = plain KD target."
+        },
+    )
+    perturbation_scope: str = field(
+        default="all",
+        metadata={
+            "help": "Combine over the whole vocabulary ('all') or only over gendered tokens ('gendered')."
+        },
+    )
+    cda: str | None = field(
+        default=None,
+        metadata={
+            "help": "Counterfactual data augmentation of the training text: two_sided, one_sided or unset."
+        },
+    )
+    swap_names: bool = field(
+        default=False, metadata={"help": "Also swap first names (CDA text and the token pair map)."}
+    )
+    # --- loss ----------------------------------------------------------------------------------------
+    temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of teacher and student."})
+    kd_beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Divergence: 0 = forward KL(teacher||student), 1 = reverse KL, between = generalized JSD."
+        },
+    )
+    alpha_kd: float = field(default=1.0, metadata={"help": "Weight of the distillation (KD) term."})
+    alpha_clm: float = field(
+        default=0.0, metadata={"help": "Weight of the student's own next-token CE term."}
+    )
+    alpha_cos: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state cosine term (needs equal hidden sizes)."}
+    )
+    scale_kd_by_temperature_squared: bool = field(
+        default=True, metadata={"help": "Multiply the KD term by temperature^2 (Hinton et al.)."}
+    )
+    kd_chunk_size: int = field(
+        default=1024, metadata={"help": "Positions per chunk in the KD loss and target (bounds fp32 memory)."}
+    )
+    joint_teacher_pass: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the teacher on the original rows and the swapped rows in one forward pass "
+            "(faster on GPUs); off = two passes (less peak memory)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.teacher_dtype not in DTYPES:
+            raise ValueError(f"teacher_dtype={self.teacher_dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.student_init not in STUDENT_INITS:
+            raise ValueError(f"student_init={self.student_init!r}: use one of {', '.join(STUDENT_INITS)}")
+        if self.student_init in ("pretrained", "config") and not self.student_name_or_path:
+            raise ValueError(
+                f"student_init={self.student_init} needs --student_name_or_path (a Hub id or path)"
+            )
+        if self.student_init != "layers" and (self.student_layers or self.student_num_layers):
+            raise ValueError("student_layers / student_num_layers only apply to student_init=layers")
+        if self.student_layers is not None and self.student_num_layers is not None:
+            if len(self.student_layers) != self.student_num_layers:
+                raise ValueError(
+                    f"student_layers has {len(self.student_layers)} entries but student_num_layers="
+                    f"{self.student_num_layers}; give one of them"
+                )
+        if self.student_num_layers is not None and self.student_num_layers < 1:
+            raise ValueError(f"student_num_layers must be >= 1, got {self.student_num_layers}")
+        if self.perturbation is not None and self.perturbation not in COMBINE_MODES:
+            raise ValueError(
+                f"perturbation={self.perturbation!r}: use one of {', '.join(COMBINE_MODES)}, "
+                "or leave it unset for plain KD"
+            )
+        if self.perturbation_scope not in SCOPES:
+            raise ValueError(
+                f"perturbation_scope={self.perturbation_scope!r}: use one of {', '.join(SCOPES)}"
+            )
+        if self.cda is not None and self.cda not in CDA_MODES:
+            raise ValueError(f"cda={self.cda!r}: use one of {', '.join(CDA_MODES)}, or leave it unset")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.kd_beta <= 1.0:
+            raise ValueError(f"kd_beta must lie in [0, 1], got {self.kd_beta}")
+        weights = {"alpha_kd": self.alpha_kd, "alpha_clm": self.alpha_clm, "alpha_cos": self.alpha_cos}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
+        if self.block_size < 2:
+            raise ValueError(f"block_size must be >= 2, got {self.block_size}")
+        if self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be >= 1, got {self.kd_chunk_size}")
+        if not 0.0 <= self.validation_split_percentage < 100.0:
+            raise ValueError(
+                f"validation_split_percentage must lie in [0, 100), got {self.validation_split_percentage}"
+            )
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError("lora_r must be >= 1, lora_alpha > 0 and lora_dropout in [0, 1)")

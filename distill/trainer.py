@@ -1,0 +1,287 @@
+"""``CounterfactualDistillationTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into a
+student, optionally against the counterfactually perturbed teacher target (Gupta et al., 2022).
+
+Only ``compute_loss`` (and logging) is overridden; optimisation, checkpoints, resume, DDP, FSDP,
+DeepSpeed and W&B are the Trainer's. The loss is
+
+    alpha_kd * KD(student || target) + alpha_clm * CE(student, labels) + alpha_cos * cosine(hidden states)
+
+where the target is the teacher's softened distribution, or with ``perturbation`` set, its role
+reversal: the teacher also reads the gender-swapped copy of every row that has a gendered token, its
+counterfactual distribution is mapped back through σ and combined with the original (max / mean /
+expMean). Rows the swap leaves alone reuse the original distribution (no second teacher pass).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+
+from counterfactuals import PairMap, build_pair_map
+
+from .config import DistillationConfig
+from .losses import causal_lm_loss, hidden_cosine_loss, kd_loss, role_reversal
+
+RESOLVED_CONFIG_NAME = "fairdistill_config.json"
+
+
+def output_vocab_size(model: torch.nn.Module) -> int:
+    """Rows of the model's output embedding (the logits' last dimension)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+class SaveResolvedConfigCallback(TrainerCallback):
+    """Writes the resolved run configuration (JSON, no pickle) next to every checkpoint, so a
+    checkpoint says how it was made."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                write_resolved_config(args, folder)
+
+
+def write_resolved_config(args: DistillationConfig, folder: str) -> str:
+    path = os.path.join(folder, RESOLVED_CONFIG_NAME)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(args.to_dict(), f, indent=2, sort_keys=True, default=str)
+    return path
+
+
+class CounterfactualDistillationTrainer(Trainer):
+    """Distils ``teacher_model`` into ``model``; see the module docstring for the loss.
+
+    Args:
+        model: the student (a ``PreTrainedModel`` or a PEFT model).
+        teacher_model: the teacher; frozen, in eval mode, never wrapped in DDP.
+        args: a :class:`DistillationConfig`.
+        pair_map: the token swap; built from ``processing_class`` when ``args.perturbation`` is set
+            and none is given.
+        processing_class: the tokenizer (teacher and student must share it).
+        Other keyword arguments go to ``transformers.Trainer``.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module,
+        teacher_model: PreTrainedModel,
+        args: DistillationConfig,
+        pair_map: PairMap | None = None,
+        processing_class=None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}")
+        student_vocab, teacher_vocab = output_vocab_size(model), output_vocab_size(teacher_model)
+        if student_vocab != teacher_vocab:
+            raise ValueError(
+                f"vocabulary sizes differ: student V={student_vocab}, teacher V={teacher_vocab}. "
+                "The KD target is a distribution over the teacher's tokens, so both must share the "
+                "tokenizer: build the student from the teacher (student_init=layers or lora) or resize its "
+                "embeddings to the teacher's vocabulary"
+            )
+        if args.perturbation is not None and pair_map is None:
+            if processing_class is None:
+                raise ValueError("perturbation needs the tokenizer (processing_class=...) or a pair_map")
+            pair_map = build_pair_map(processing_class, names=args.swap_names, vocab_size=teacher_vocab)
+        if pair_map is not None and pair_map.vocab_size != teacher_vocab:
+            raise ValueError(
+                f"the pair map covers {pair_map.vocab_size} tokens but the teacher has {teacher_vocab}; "
+                "build it with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
+            )
+        callbacks = list(kwargs.pop("callbacks", None) or []) + [SaveResolvedConfigCallback()]
+        super().__init__(
+            model=model, args=args, processing_class=processing_class, callbacks=callbacks, **kwargs
+        )
+        # Our compute_loss normalises by the step's token count itself: Trainer must count it
+        # (num_items_in_batch) and must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self.teacher = self._prepare_teacher(teacher_model)
+        self.pair_map = pair_map.to(self.args.device) if pair_map is not None else None
+        self._metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    # --- teacher -------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> torch.nn.Module:
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            self.args.teacher_dtype
+        )
+        if self.args.teacher_dtype == "auto":
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
+        if dtype is not None:
+            teacher = teacher.to(dtype)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            return _prepare_deepspeed_teacher(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            return _prepare_fsdp_teacher(teacher, self.accelerator)
+        # evaluation_mode: placed on the device, never wrapped in DDP (it has no gradients to sync)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    @torch.inference_mode()
+    def _teacher_targets(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, need_hidden: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(KD target for positions [:, :-1], teacher last hidden state or None, share of rows swapped).
+
+        The target is raw teacher logits without perturbation, else role-reversal log-probabilities."""
+        args = self.args
+        changed = None
+        if self.pair_map is not None:
+            swapped_ids, changed = self.pair_map.swap_ids(input_ids, attention_mask)
+            rows = changed.nonzero().squeeze(-1)
+        if changed is not None and rows.numel() and args.joint_teacher_pass:
+            both_ids = torch.cat([input_ids, swapped_ids[rows]])
+            both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask[rows]])
+            out = self.teacher(input_ids=both_ids, attention_mask=both_mask, output_hidden_states=need_hidden)
+            logits, cf_logits = out.logits[: len(input_ids)], out.logits[len(input_ids) :]
+        else:
+            out = self.teacher(
+                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden
+            )
+            logits, cf_logits = out.logits, None
+            if changed is not None and rows.numel():
+                mask_rows = None if attention_mask is None else attention_mask[rows]
+                cf_logits = self.teacher(input_ids=swapped_ids[rows], attention_mask=mask_rows).logits
+        hidden = out.hidden_states[-1][: len(input_ids)] if need_hidden else None
+        if self.pair_map is None:
+            return logits[:, :-1], hidden, 0.0
+
+        logits = logits[:, :-1]
+        target = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+        common = {
+            "pair_map": self.pair_map,
+            "mode": args.perturbation,
+            "temperature": args.temperature,
+            "scope": args.perturbation_scope,
+            "chunk_size": args.kd_chunk_size,
+        }
+        context = input_ids[:, :-1]
+        kept = (~changed).nonzero().squeeze(-1)
+        if kept.numel():  # no gendered token: the counterfactual context is the original one
+            target[kept] = role_reversal(logits[kept], None, context_ids=context[kept], **common)
+        if rows.numel():
+            target[rows] = role_reversal(logits[rows], cf_logits[:, :-1], context_ids=context[rows], **common)
+        return target, hidden, rows.numel() / len(input_ids)
+
+    # --- loss ----------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args = self.args
+        input_ids, labels = inputs["input_ids"], inputs["labels"]
+        attention_mask = inputs.get("attention_mask")
+        need_hidden = args.alpha_cos > 0
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden)
+        mask = labels[:, 1:] != -100  # position t predicts token t+1
+        target, teacher_hidden, changed_share = self._teacher_targets(input_ids, attention_mask, need_hidden)
+
+        terms: dict[str, torch.Tensor] = {}
+        if args.alpha_kd > 0:
+            terms["kd"] = kd_loss(
+                outputs.logits[:, :-1],
+                target,
+                mask,
+                temperature=args.temperature,
+                beta=args.kd_beta,
+                scale_by_temperature_squared=args.scale_kd_by_temperature_squared,
+                num_items_in_batch=num_items_in_batch,
+                chunk_size=args.kd_chunk_size,
+                teacher_is_log_probs=self.pair_map is not None,
+            )
+        if args.alpha_clm > 0:
+            terms["clm"] = causal_lm_loss(outputs.logits, labels, num_items_in_batch=num_items_in_batch)
+        if need_hidden:
+            # the hidden state at position t is the one that predicts token t+1: same mask as KD
+            terms["cos"] = hidden_cosine_loss(
+                outputs.hidden_states[-1][:, :-1], teacher_hidden[:, :-1], mask, num_items_in_batch
+            )
+        weights = {"kd": args.alpha_kd, "clm": args.alpha_clm, "cos": args.alpha_cos}
+        loss = sum(weights[name] * term for name, term in terms.items())
+
+        mode = "train" if model.training else "eval"
+        for name, term in terms.items():
+            self._metrics[mode][f"loss_{name}"].append(term.detach())
+        if self.pair_map is not None:
+            self._metrics[mode]["counterfactual_row_share"].append(torch.tensor(changed_share))
+
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                mean = torch.stack([v.float().to(self.args.device) for v in values]).mean()
+                logs[f"{prefix}{name}"] = self.accelerator.gather(mean.reshape(1)).mean().item()
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        super()._save(output_dir, state_dict)
+        write_resolved_config(self.args, output_dir or self.args.output_dir)
+
+
+def _prepare_deepspeed_teacher(teacher: PreTrainedModel, accelerator) -> torch.nn.Module:
+    """Wrap the frozen teacher in a DeepSpeed inference engine sharing the student's ZeRO stage
+    (as TRL does for reference models), so a ZeRO-3 teacher is partitioned too."""
+    import deepspeed
+
+    plugin = accelerator.state.deepspeed_plugin
+    config = copy.deepcopy(plugin.deepspeed_config)
+    if config["zero_optimization"]["stage"] != 3:
+        config["zero_optimization"]["stage"] = 0  # lower stages gain nothing for a model without optimiser
+    hidden = getattr(teacher.config, "hidden_size", None)
+    if hidden is not None and config["zero_optimization"]["stage"] == 3:
+        config["zero_optimization"].update(
+            {
+                "reduce_bucket_size": hidden * hidden,
+                "stage3_param_persistence_threshold": 10 * hidden,
+                "stage3_prefetch_bucket_size": 0.9 * hidden * hidden,
+            }
+        )
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+def _prepare_fsdp_teacher(teacher: PreTrainedModel, accelerator) -> torch.nn.Module:
+    """Shard the frozen teacher with the run's FSDP plugin settings. ``prepare_model(...,
+    evaluation_mode=True)`` would only move it to the device, leaving a full copy per GPU."""
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.fsdp_version == 2:
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        return fsdp2_prepare_model(accelerator, teacher)
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    plugin.set_auto_wrap_policy(teacher)
+    return FullyShardedDataParallel(
+        teacher,
+        sharding_strategy=plugin.sharding_strategy or plugin.reshard_after_forward,
+        cpu_offload=plugin.cpu_offload,
+        auto_wrap_policy=plugin.auto_wrap_policy,
+        mixed_precision=plugin.mixed_precision_policy,
+        sync_module_states=plugin.sync_module_states,
+        backward_prefetch=plugin.backward_prefetch,
+        forward_prefetch=plugin.forward_prefetch,
+        use_orig_params=plugin.use_orig_params,
+        param_init_fn=plugin.param_init_fn,
+        ignored_modules=plugin.ignored_modules,
+        limit_all_gathers=plugin.limit_all_gathers,
+        device_id=accelerator.device,
+    )
