@@ -4,16 +4,20 @@ This package knows nothing of training: it turns text and token ids into their g
 counterfactuals, and maps a next-token distribution back through the swap.
 """
 
+from .cda import CDAError, CounterfactualAugmenter, augment_dataset
 from .lexicon import GenderedPair, Lexicon, LexiconError, default_lexicon, load_lexicon
 from .pair_map import PairMap, build_pair_map
 from .swap import TextSwapper, swap_gender
 
 __all__ = [
+    "CDAError",
+    "CounterfactualAugmenter",
     "GenderedPair",
     "Lexicon",
     "LexiconError",
     "PairMap",
     "TextSwapper",
+    "augment_dataset",
     "build_pair_map",
     "default_lexicon",
     "load_lexicon",
