@@ -199,7 +199,7 @@ class CounterfactualDistillationTrainer(Trainer):
                 chunk_size=args.kd_chunk_size,
                 teacher_is_log_probs=self.pair_map is not None,
             )
-        if args.alpha_clm > 0:
+        if args.alpha_clm > 0 or not model.training:  # at eval it is logged for the perplexity
             terms["clm"] = causal_lm_loss(outputs.logits, labels, num_items_in_batch=num_items_in_batch)
         if need_hidden:
             # the hidden state at position t is the one that predicts token t+1: same mask as KD

