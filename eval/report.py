@@ -20,7 +20,7 @@ def _ci(values: list[float] | None) -> str:
 def markdown_report(report: dict[str, Any]) -> str:
     """The comparison table (one row per model) and the per-profession shares, as Markdown."""
     lines = ["| model | mean equitability (1 = parity) | worst profession | male | female | neutral "
-             "| pronoun gap mean / mean abs | perplexity | sentiment + gap |",
+             "| pronoun gap mean / mean abs | perplexity | VADER positive gap, actors − actresses |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for result in report["models"]:
         overall = result["disparity"]["unigram"]["overall"]
