@@ -271,4 +271,7 @@ def headline(summary: Mapping[str, Any], noun: str = "categories") -> str:
     flagged = summary.get("flagged") or []
     if flagged:
         text += f"; {len(flagged)} without any gendered generation (counted as 0)"
+    if ci and not ci["mean_equitability"][0] <= overall["mean_equitability"] <= ci["mean_equitability"][1]:
+        # a mean of minima of ratios is biased at small samples; say so rather than hide it
+        text += "; the estimate lies outside its bootstrap interval: too few gendered generations"
     return text + "."

@@ -102,9 +102,13 @@ def plot_disparity_vs_perplexity(report: dict[str, Any], path: Path) -> Path:
     for result in report["models"]:
         overall = result["disparity"]["unigram"]["overall"]
         ppl = result.get("perplexity", {}).get("perplexity", float("nan"))
-        y, ci = overall["mean_equitability"], overall["ci"].get("mean_equitability") or [None, None]
-        yerr = None if ci[0] is None else [[y - ci[0]], [ci[1] - y]]
-        ax.errorbar([ppl], [y], yerr=yerr, fmt="o", capsize=4)
+        y, ci = (
+            overall["mean_equitability"],
+            overall["ci"].get("mean_equitability") if overall["ci"] else None,
+        )
+        (point,) = ax.plot([ppl], [y], "o")
+        if ci:  # drawn as it is: the interval of a mean of minima can sit beside the estimate
+            ax.vlines([ppl], ci[0], ci[1], color=point.get_color(), alpha=0.6, linewidth=2)
         ax.annotate(result["name"], (ppl, y), textcoords="offset points", xytext=(6, 6))
     perplexities = [r.get("perplexity", {}).get("perplexity", float("nan")) for r in report["models"]]
     if all(np.isfinite(perplexities)):

@@ -138,3 +138,18 @@ print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log
     assert {"eval/equitability_mean", "eval/pronoun_gap", "eval/loss_kd"} <= logged
     assert any(key.startswith("eval/fairness_samples") for key in logged)
     assert any(key.startswith("eval/fairness_shares") for key in logged)
+
+
+def test_tradeoff_plot_draws_an_interval_beside_its_estimate(tmp_path):
+    """With few gendered generations the bootstrap interval of the mean equitability can exclude the
+    estimate; the plot must still draw it (it used to raise on negative error bars)."""
+    from eval.report import plot_disparity_vs_perplexity
+
+    overall = {"mean_equitability": 0.5, "ci": {"mean_equitability": [0.3, 0.35]}}
+    report = {
+        "models": [
+            {"name": "m", "disparity": {"unigram": {"overall": overall}}, "perplexity": {"perplexity": 20.0}}
+        ]
+    }
+    path = plot_disparity_vs_perplexity(report, tmp_path / "tradeoff.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
