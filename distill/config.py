@@ -144,6 +144,14 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    fairness_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "At every evaluation also score bias (pronoun gap, ~220 generations of built-in "
+            "profession prompts) with eval.callback.FairnessEvalCallback; logged with the eval metrics."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.teacher_dtype not in DTYPES:

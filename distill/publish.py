@@ -35,9 +35,8 @@ import huggingface_hub
 import yaml
 from huggingface_hub import HfApi
 
-from .models import load_causal_lm, load_tokenizer
+from .models import SMOLLM2_ALIAS, load_causal_lm, load_tokenizer, resolve_model_path
 from .student import merge_lora as merge_lora_adapters
-from .train import SMOLLM2_ALIAS, resolve_model_path
 from .trainer import RESOLVED_CONFIG_NAME
 
 __all__ = [

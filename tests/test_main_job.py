@@ -1,0 +1,58 @@
+"""The main job (README command 1) end to end at tiny scale: text, distillation, evaluation, report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from tests.assets import gpt2_tokenizer, tiny_gpt2
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_main_job():
+    spec = importlib.util.spec_from_file_location("main_job", REPO / "recipes" / "main_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_text_is_disjoint_from_the_evaluation_prompts(tmp_path, bold_dir):
+    stats = load_main_job().build_text(bold_dir, tmp_path)
+    prompts = set()
+    for domain in ("profession", "gender"):
+        by_category = json.loads((bold_dir / "prompts" / f"{domain}_prompt.json").read_text())
+        prompts |= {p.strip() for pages in by_category.values() for ps in pages.values() for p in ps}
+    lengths = {len(p.split()) for p in prompts}
+    train = [json.loads(line)["text"] for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert stats["train_sentences"] == len(train) > 5000 and stats["pages_dropped"] > 0
+    # no training sentence starts with an evaluation prompt (BOLD prompts are Wikipedia sentence openings)
+    leaks = [s for s in train if any(" ".join(s.split()[:n]) in prompts for n in lengths)]
+    assert leaks == []
+    heldout = (tmp_path / "heldout.txt").read_text()
+    assert 10_000 < len(heldout) <= 20_000 and not set(heldout.splitlines()) & set(train)
+
+
+def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
+    teacher = tmp_path / "teacher"
+    tiny_gpt2(n_layer=2, seed=1).save_pretrained(teacher)
+    gpt2_tokenizer().save_pretrained(teacher)
+    report = load_main_job().main([
+        "--out", str(tmp_path / "run"), "--bold", str(bold_dir), "--steps", "2", "--per-category", "1",
+        "--num-samples", "1", "--max-new-tokens", "4", "--n-bootstrap", "50",
+        "--", "--teacher_name_or_path", str(teacher), "--block_size", "32",
+        "--per_device_train_batch_size", "2", "--use_cpu", "true",
+    ])  # fmt: skip
+    assert [m["name"] for m in report["models"]] == ["teacher", "student"]
+    assert (
+        report["training"]["config"]["perturbation"] == "max"
+        and report["training"]["config"]["cda"] == "two_sided"
+    )
+    for result in report["models"]:
+        assert result["perplexity"]["perplexity"] > 1 and "pronoun_gap" in result and "sentiment" in result
+    written = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    assert written["models"][1]["headline"] == report["models"][1]["headline"]
+    assert (tmp_path / "run" / "report" / "shares.png").is_file()
+    printed = capsys.readouterr().out
+    assert "| teacher |" in printed and "| student |" in printed and "[main 5/5]" in printed
