@@ -154,6 +154,10 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError(
+                "push_to_hub needs --hub_model_id user/name: the Hub repo to publish the student to"
+            )
         if self.teacher_dtype not in DTYPES:
             raise ValueError(f"teacher_dtype={self.teacher_dtype!r}: use one of {', '.join(DTYPES)}")
         if self.student_init not in STUDENT_INITS:

@@ -219,8 +219,12 @@ class _ChunkedKDFunction(torch.autograd.Function):
             ctx.has_grad = False
             return torch.zeros((), dtype=dtype, device=student.device)
 
-        # zeros, not empty: masked positions must receive exactly zero gradient.
-        grad = torch.zeros(student.shape, dtype=student.dtype, device=student.device)
+        # zeros, not empty: masked positions must receive exactly zero gradient. fp16 gradients already
+        # divided by the token count underflow before a loss scaler multiplies them in backward, so an
+        # fp16 student keeps an fp32 buffer; at eval (no gradient wanted) there is no buffer at all.
+        keep_grad = ctx.needs_input_grad[0]
+        grad_dtype = torch.float32 if student.dtype == torch.float16 else student.dtype
+        grad = torch.zeros(student.shape, dtype=grad_dtype, device=student.device) if keep_grad else None
         loss_sum = torch.zeros((), dtype=dtype, device=student.device)
         # loss = scale / normaliser * sum_rows L(s / tau)  =>  dloss/ds = scale / (tau * normaliser) * dL/dz
         grad_coef = scale / (temperature * normaliser)
@@ -238,11 +242,13 @@ class _ChunkedKDFunction(torch.autograd.Function):
                 student_chunk, teacher_chunk, temperature, beta, teacher_is_log_probs, dtype
             )
             loss_sum += row.sum()
-            grad[b, t] = dz.mul_(grad_coef).to(student.dtype)
+            if keep_grad:
+                grad[b, t] = dz.mul_(grad_coef).to(grad_dtype)
             del row, dz, student_chunk, teacher_chunk
 
-        ctx.has_grad = True
-        ctx.save_for_backward(grad)
+        ctx.has_grad = keep_grad
+        if keep_grad:
+            ctx.save_for_backward(grad)
         return loss_sum * (scale / normaliser)
 
     @staticmethod
@@ -256,7 +262,7 @@ class _ChunkedKDFunction(torch.autograd.Function):
         # Multiply by a Python float rather than by the 0-dim tensor: for bf16 grads the scalar then stays
         # in fp32 inside the kernel instead of being rounded to bf16 first. Out-of-place so that a second
         # backward with retain_graph=True still sees the unscaled stored gradient.
-        return (grad * grad_output.item(),) + (None,) * n_no_grad
+        return ((grad * grad_output.item()).to(ctx.student_meta[1]),) + (None,) * n_no_grad
 
 
 def _positions(

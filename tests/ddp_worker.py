@@ -35,7 +35,8 @@ def main() -> None:
         max_grad_norm=0.0,
         report_to=[],
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=1,
         use_cpu=True,
         seed=0,
         perturbation="max",
@@ -53,9 +54,13 @@ def main() -> None:
     trainer.train()
     state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
     digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
+    logged = trainer.state.log_history[0]
     result = {
         "world_size": args.world_size,
-        "loss": trainer.state.log_history[0]["loss"],
+        "loss": logged["loss"],
+        "loss_kd": logged["loss_kd"],
+        "loss_clm": logged["loss_clm"],
+        "config_saved": (out / "run" / "checkpoint-1" / "fairdistill_config.json").is_file(),
         "weights_sha": digest,
         "weights": {k: float(v.double().sum()) for k, v in state.items()},
     }

@@ -416,3 +416,17 @@ def test_hidden_cosine_loss_all_masked_and_errors():
     assert "projection" in str(info.value) and "teacher's hidden size" in str(info.value)
     with pytest.raises(ValueError, match="mask shape"):
         hidden_cosine_loss(torch.zeros(1, 2, 8), torch.zeros(1, 2, 8), torch.ones(2, 2))
+
+
+def test_fp16_student_gradients_survive_a_loss_scaler():
+    """An fp16 student (DeepSpeed fp16): the stored gradient is already divided by the token count, so
+    it is kept in fp32 until backward multiplies it by the loss scale; in fp16 it would underflow."""
+    torch.manual_seed(0)
+    student = (torch.randn(1, 4096, 64) * 2).half().requires_grad_()
+    teacher = torch.randn(1, 4096, 64) * 2
+    (kd_loss(student, teacher) * 65536.0).backward()
+    reference = student.detach().float().requires_grad_()
+    (kd_loss_reference(reference, teacher) * 65536.0).backward()
+    assert student.grad.dtype == torch.float16
+    assert (student.grad != 0).float().mean() > 0.99
+    torch.testing.assert_close(student.grad.float(), reference.grad, rtol=2e-2, atol=2e-3)

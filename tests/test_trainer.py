@@ -138,10 +138,44 @@ def test_gradient_accumulation_gives_the_same_step(tmp_path, gpt2_tok):
     log_one, weights_one = first_step(tmp_path, gpt2_tok, batch=8, accumulation=1, name="1x8")
     log_four, weights_four = first_step(tmp_path, gpt2_tok, batch=2, accumulation=4, name="4x2", joint=False)
     assert log_four["loss"] == pytest.approx(log_one["loss"], rel=1e-5)
+    for term in ("loss_kd", "loss_clm", "loss_cos"):  # logged per token, whatever the micro-batching
+        assert log_four[term] == pytest.approx(log_one[term], rel=1e-5)
+    weighted = log_one["loss_kd"] + 0.3 * log_one["loss_clm"] + 0.2 * log_one["loss_cos"]
+    assert weighted == pytest.approx(log_one["loss"], rel=1e-4)
     for key, value in weights_one.items():
         torch.testing.assert_close(weights_four[key], value, rtol=1e-5, atol=1e-6)
     initial = tiny_gpt2(n_layer=1, seed=2, **NO_DROPOUT).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in weights_one.items())  # the step did something
+
+
+def test_eval_clm_loss_is_the_per_token_cross_entropy(tmp_path, gpt2_tok):
+    """Trainer must count shifted labels (GPT-2 has no loss type telling it so): the logged eval CE is
+    exactly the mean next-token NLL over every predicted, unpadded token."""
+    from distill.losses import causal_lm_loss
+
+    data = padded_dataset(gpt2_tok)
+    student = tiny_gpt2(n_layer=1, seed=2, **NO_DROPOUT)
+    trainer = CounterfactualDistillationTrainer(
+        model=student,
+        teacher_model=tiny_gpt2(n_layer=2, seed=1, **NO_DROPOUT),
+        args=make_args(tmp_path, per_device_eval_batch_size=3),
+        eval_dataset=data,
+        processing_class=gpt2_tok,
+    )
+    metrics = trainer.evaluate()
+    batch = data.with_format("torch")[:]
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert metrics["eval_loss_clm"] == pytest.approx(causal_lm_loss(logits, batch["labels"]).item(), rel=1e-5)
+
+
+def test_data_parallel_in_one_process_is_refused(tmp_path, gpt2_tok):
+    args = make_args(tmp_path)
+    args._n_gpu = 2  # what torch DataParallel on a 2-GPU machine without a launcher looks like
+    with pytest.raises(ValueError, match="accelerate launch"):
+        CounterfactualDistillationTrainer(
+            model=tiny_gpt2(n_layer=1), teacher_model=tiny_gpt2(), args=args, processing_class=gpt2_tok
+        )
 
 
 def test_vocabulary_mismatch_fails_at_start(tmp_path, gpt2_tok):
@@ -243,6 +277,9 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     ranks = [json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2
     assert ranks[0]["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert ranks[0]["loss_kd"] == pytest.approx(one["loss_kd"], rel=1e-5)  # logged per token over all ranks
+    assert ranks[0]["loss_clm"] == pytest.approx(one["loss_clm"], rel=1e-5)
+    assert ranks[0]["config_saved"] and one["config_saved"]  # the checkpoint save ran on both ranks
     assert ranks[0]["weights_sha"] == ranks[1]["weights_sha"]
     for key, value in one["weights"].items():
         assert ranks[0]["weights"][key] == pytest.approx(value, abs=1e-5)
