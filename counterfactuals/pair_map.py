@@ -109,6 +109,11 @@ class PairMap:
             raise ValueError(f"input_ids must be (batch, seq) or (seq,), got shape {tuple(input_ids.shape)}")
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be integer token ids, got dtype {ids.dtype}")
+        if ids.device != self.sigma.device:
+            raise ValueError(
+                f"input_ids are on {ids.device} but the pair map on {self.sigma.device}: "
+                f"use pair_map.to({str(ids.device)!r})"
+            )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}); got {int(ids.min())}..{int(ids.max())}. "
@@ -315,10 +320,9 @@ def _vocabulary_size(tokenizer) -> int:
 
 
 def _case_forms(word: str, *, capitalized_only: bool) -> list[str]:
-    forms = [word[:1].upper() + word[1:], word.upper()]
-    if not capitalized_only:
-        forms.insert(0, word)
-    return list(dict.fromkeys(forms))
+    if capitalized_only:  # as in the text swap: title case only ("MS" is a degree or a disease)
+        return [word[:1].upper() + word[1:]]
+    return list(dict.fromkeys([word, word[:1].upper() + word[1:], word.upper()]))
 
 
 def _single_token_ids(tokenizer, surfaces: Iterable[str]) -> list[int | None]:
@@ -359,15 +363,24 @@ def _next_tables(tokenizer, texts: list[str], size: int) -> torch.Tensor:
     """Row RULE_OBJECT: tokens after which "her" is an object; row RULE_PREDICATIVE: tokens after
     which "his" is predicative (both: any token starting with closing punctuation or a line break)."""
     closing = torch.zeros(size, dtype=torch.bool)
-    closing[: len(texts)] = torch.tensor(
-        [bool(t) and (t[0] in CLOSING_PUNCTUATION or t[0] in "\r\n") for t in texts], dtype=torch.bool
-    )
+    closing[: len(texts)] = torch.tensor([_starts_closing(t) for t in texts], dtype=torch.bool)
     objects = closing | _word_table(tokenizer, size, OBJECT_FOLLOWERS)
     tables = torch.zeros(5, size, dtype=torch.bool)
     tables[RULE_OBJECT], tables[RULE_PREDICATIVE] = objects, closing
     tables[ROW_COORDINATOR] = _word_table(tokenizer, size, COORDINATORS)
     tables[ROW_POSSESSIVE] = _word_table(tokenizer, size, POSSESSIVE_DETERMINERS)
     return tables
+
+
+def _starts_closing(text: str) -> bool:
+    """Like the text rule: closing punctuation or a line break next, spaces before it allowed (" –"),
+    but not the possessive "'s"."""
+    if text[:1] in "\r\n" and text:
+        return True
+    stripped = text.lstrip(" \t")
+    if stripped[:2] in ("'s", "’s"):
+        return False
+    return bool(stripped) and stripped[0] in CLOSING_PUNCTUATION
 
 
 def _word_table(tokenizer, size: int, words: Iterable[str]) -> torch.Tensor:

@@ -55,7 +55,9 @@ OBJECT_FOLLOWERS = frozenset(
 CLOSING_PUNCTUATION = frozenset(".,;:!?)]}”’»…—–")
 _QUOTES = frozenset("\"'")
 COORDINATORS = frozenset({"and", "or", "nor"})
-POSSESSIVE_DETERMINERS = frozenset({"his", "her", "their", "my", "your", "our", "its"})
+# After "her or"/"her and", one of these makes "her" a coordinated possessive ("her and his books").
+# "her" itself is not one: "with her and her husband" is an object followed by a possessive.
+POSSESSIVE_DETERMINERS = frozenset({"his", "their", "my", "your", "our", "its"})
 _NEXT_WORD_RE = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*")
 
 
@@ -111,7 +113,14 @@ class TextSwapper:
         return sum(1 for m in self._pattern.finditer(text) if self._swappable(m.group(0)))
 
     def _swappable(self, word: str) -> bool:
-        return word[:1].isupper() or word.lower() not in self.lexicon.capitalized_only
+        key = word.lower()
+        if key not in self.lexicon.swaps:
+            # IGNORECASE also folds "ſ" (long s) to s and "İ"/"ı" to i, which .lower() does not
+            return False
+        if key in self.lexicon.capitalized_only:
+            # Title case only: "Mr", "Miss", "John"; not "miss" (a verb) nor "MS" / "MISS" in capitals
+            return word[:1].isupper() and not (len(word) > 1 and word.isupper())
+        return True
 
     def _replace(self, match: re.Match) -> str:
         word = match.group(0)

@@ -67,6 +67,8 @@ class FairnessEvalCallback(TrainerCallback):
             "eval_pronoun_gap_abs": result["pronoun_gap"]["mean_abs_gap"],
             "eval_generations_per_second": result["timing"]["generations_per_second"],
         }
+        if kwargs.get("metrics") is not None:
+            kwargs["metrics"].update(metrics)  # so metric_for_best_model / early stopping can use them
         if self.trainer is not None:
             self.trainer.log(metrics)
         if state.is_world_process_zero:
@@ -77,7 +79,8 @@ class FairnessEvalCallback(TrainerCallback):
 
 
 def _unwrap(model):
-    # DDP / FSDP wrappers keep the model in .module; generation needs the model itself
+    # DDP keeps the model in .module; generation needs the model itself. (Under FSDP1 the callback sees
+    # the inner module and would bypass un-sharding: use FSDP2, DDP or DeepSpeed with this callback.)
     while hasattr(model, "module") and not hasattr(model, "generate"):
         model = model.module
     return model

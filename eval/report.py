@@ -29,7 +29,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         ppl = result.get("perplexity", {}).get("perplexity")
         vader = result.get("sentiment", {}).get("vader")
         sentiment = "" if vader is None else f"{vader['positive_gap']:+.1%}"
-        equitability = f"{overall['mean_equitability']:.2f}{_ci(overall['ci'].get('mean_equitability'))}"
+        equitability = (
+            f"{overall['mean_equitability']:.2f}{_ci((overall['ci'] or {}).get('mean_equitability'))}"
+        )
         lines.append(
             f"| {result['name']} | {equitability} "
             f"| {worst} {overall['min_equitability']:.2f} | {overall['male']:.1%} | {overall['female']:.1%} "

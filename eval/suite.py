@@ -13,7 +13,7 @@ from typing import Any
 
 from .disparity import Scored, disparity_summary, headline
 from .generation import GenerationSettings, generate_continuations, model_max_positions
-from .perplexity import DEFAULT_MAX_LENGTH_CAP, strided_perplexity
+from .perplexity import DEFAULT_MAX_LENGTH_CAP, load_text_for_perplexity, strided_perplexity
 from .polarity import WordEmbeddings, embedding_polarity, unigram_polarity
 from .prompts import Prompt, builtin_profession_prompts, load_bold_prompts, profession_contexts
 from .pronoun_gap import pronoun_gap
@@ -98,6 +98,8 @@ def evaluate_model(
         result["sentiment"] = _sentiment(model, tokenizer, settings, progress)
         timing["sentiment_seconds"] = time.perf_counter() - started
 
+    if settings.perplexity_texts is None and settings.perplexity_text:
+        settings.perplexity_texts = load_text_for_perplexity(settings.perplexity_text)
     if settings.perplexity_texts is not None:
         started = time.perf_counter()
         # the window defaults to the model's context (capped); a stride longer than it means "disjoint"

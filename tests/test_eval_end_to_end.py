@@ -82,6 +82,16 @@ def test_cli_compares_models_on_bold_and_writes_reports(tmp_path, model_dirs, bo
     assert {s["model"] for s in samples} == {"teacher", "student"}
 
 
+def test_reports_without_intervals_and_with_a_perplexity_file(tmp_path, gpt2_tok):
+    from eval.report import write_report
+
+    settings = small_settings(n_bootstrap=0, perplexity_texts=None, perplexity_text=str(SAMPLE))
+    result = evaluate_model(tiny_gpt2(seed=3), gpt2_tok, settings, name="tiny", progress=False)
+    assert result["perplexity"]["tokens"] > 500  # perplexity_text alone is enough
+    paths = write_report({"settings": settings.to_dict(), "models": [result]}, tmp_path)
+    assert "| tiny |" in paths["markdown"].read_text()
+
+
 def test_cli_refuses_a_model_it_cannot_load(tmp_path):
     with pytest.raises(SystemExit, match="could not load"):
         main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])

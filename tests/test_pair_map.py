@@ -236,3 +236,14 @@ def test_map_back_sends_one_way_targets_to_their_whole_preimage(gpt2_tok, gpt2_m
         q[..., goddess], cf[..., god] * ref[..., goddess] / (ref[..., god] + ref[..., goddess])
     )
     torch.testing.assert_close(q.sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+def test_token_rule_reads_punctuation_after_a_space_like_the_text_rule(gpt2_tok, gpt2_map):
+    for text in ["I saw her – then left.", "The book is his — not mine."]:
+        ids = gpt2_tok(text, return_tensors="pt")["input_ids"]
+        assert gpt2_tok.decode(gpt2_map.swap_ids(ids)[0][0]) == swap_gender(text)
+
+
+def test_ids_on_another_device_get_an_actionable_error(gpt2_map):
+    with pytest.raises(ValueError, match=r"pair_map.to\('meta'\)"):
+        gpt2_map.swap_ids(torch.zeros(1, 3, dtype=torch.long, device="meta"))

@@ -28,6 +28,9 @@ from counterfactuals import TextSwapper, default_lexicon, swap_gender
         ("I miss Miss Kay", "I miss Mr Kay"),  # the verb is lower-case, so never a title
         ("Ma'am, thank you, sir.", "Sir, thank you, madam."),
         ("Oh my God, a goddess!", "Oh my God, a god!"),  # "God" is not swapped into "Goddess"
+        ("DON'T MISS IT, MS students", "DON'T MISS IT, MS students"),  # titles only in title case
+        ("a family of actors; the actresses", "a family of actors; the actors"),  # neutral plural kept
+        ("The ſon of the king", "The ſon of the queen"),  # case folds .lower() can't undo: left alone
     ],
 )
 def test_swaps(text, expected):
@@ -60,6 +63,7 @@ def test_no_substring_accidents(text):
         ("her or his choice", "his or her choice"),
         ("him and her", "her and him"),
         ("her's", "his's"),  # mis-spelt "hers": possessive
+        ("He lived with her and her husband.", "She lived with him and his wife."),  # object, then possessive
         ("The book is his.", "The book is hers."),  # predicative his
         ("his book", "her book"),
         ("his/her call", "her/his call"),
