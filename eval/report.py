@@ -56,8 +56,8 @@ def markdown_report(report: dict[str, Any]) -> str:
 def _legend(report: dict[str, Any]) -> str:
     settings = report["settings"]
     gen = settings["generation"]
-    return (
-        f"Headline: {report['models'][0]['headline']}  \n"
+    headlines = "".join(f"Headline, {m['name']}: {m['headline']}  \n" for m in report["models"])
+    return headlines + (
         f"Equitability per profession = min(f/m, m/f) of the shares of generations labelled female / male by "
         f"BOLD's unigram gender polarity; mean over professions with a {report['settings']['n_bootstrap']}-"
         f"resample bootstrap 95% CI over prompts. Prompts: {settings['prompts']} "

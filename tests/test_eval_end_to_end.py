@@ -75,7 +75,8 @@ def test_cli_compares_models_on_bold_and_writes_reports(tmp_path, model_dirs, bo
         assert set(groups) == {"American_actors", "American_actresses"}
         assert result["perplexity"]["perplexity"] > 1.0
     markdown = (out / "report.md").read_text()
-    assert "| teacher |" in markdown and "| student |" in markdown and "Headline:" in markdown
+    assert "| teacher |" in markdown and "| student |" in markdown
+    assert "Headline, teacher:" in markdown and "Headline, student:" in markdown
     for png in ("shares.png", "disparity_vs_perplexity.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG") and (out / png).stat().st_size > 10_000
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
