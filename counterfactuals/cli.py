@@ -10,7 +10,7 @@ Subcommands:
 ``pairs --tokenizer PATH_OR_HUB_ID``
     How many vocabulary tokens the token-level swap changes for a tokenizer, with a sample.
 ``demo``
-    The project's main job for now (``bash scripts/main.sh``): CDA of real English text — the BOLD
+    The counterfactual demo (the project's first main job): CDA of real English text — the BOLD
     Wikipedia sentences of the gender and profession domains, or the bundled sample corpus — with
     text-level and token-level statistics written to ``summary.json``.
 
@@ -448,7 +448,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Demo (the main job)
+# Demo
 
 
 def default_bold_dir() -> Path:
@@ -796,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="CDA of real text with text- and token-level statistics (the main job)",
+        help="CDA of real text with text- and token-level statistics (about 5 s)",
         description="Two-sided CDA of the BOLD Wikipedia sentences (gender and profession domains; "
         "CC BY-SA 4.0, read from outside the repository) with text- and token-level statistics. "
         f"Without BOLD it uses {SAMPLE_CORPUS.relative_to(REPO_ROOT)}, sentences written for this "

@@ -180,10 +180,12 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
 
 def cli() -> None:
     try:
-        main()
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        try:
+            config = parse_config()
+        except ValueError as err:  # a bad recipe or value (RecipeError, DistillationConfig checks)
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        run(config)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

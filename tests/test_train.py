@@ -276,3 +276,18 @@ def test_empty_training_text_is_refused(tmp_path, teacher_dir):
 def test_recipe_yaml_files_are_plain_mappings():
     for recipe in RECIPES:
         assert isinstance(yaml.safe_load(recipe.read_text()), dict)
+
+
+def test_launcher_reports_a_bad_value_without_a_traceback():
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill.train",
+        "--config",
+        str(REPO / "recipes/tiny.yaml"),
+        "--perturbation",
+        "median",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "error: perturbation='median'" in done.stderr and "Traceback" not in done.stderr
