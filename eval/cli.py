@@ -16,12 +16,13 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .generation import GenerationSettings
-from .perplexity import load_text_for_perplexity
+from .generation import GenerationSettings, model_max_positions
+from .perplexity import DEFAULT_MAX_LENGTH_CAP, load_text_for_perplexity
 from .report import markdown_report, write_report
 from .suite import EvalSettings, evaluate_model, write_samples_jsonl
 
@@ -75,6 +76,14 @@ def _named(spec: str) -> tuple[str, str]:
     return (name, path) if sep else (Path(spec.rstrip("/")).name or spec, spec)
 
 
+def _max_positions(path: str) -> int | None:
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError:
+        return None  # load_model reports the problem with the fix
+    return model_max_positions(SimpleNamespace(config=config))
+
+
 def load_model(path: str, dtype: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -119,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings.to_dict(),
         "models": [],
     }
+    if args.perplexity_text:
+        # one window for every model, so teacher and student perplexities are comparable
+        contexts = [_max_positions(path) for _, path in map(_named, args.model)]
+        known = [c for c in contexts if c]
+        settings.perplexity_max_length = min([*known, DEFAULT_MAX_LENGTH_CAP])
+        settings.perplexity_stride = min(settings.perplexity_stride, settings.perplexity_max_length)
     for spec in args.model:
         name, path = _named(spec)
         print(f"[eval] {name}: loading {path}", file=sys.stderr)

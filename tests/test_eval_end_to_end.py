@@ -74,6 +74,7 @@ def test_cli_compares_models_on_bold_and_writes_reports(tmp_path, model_dirs, bo
         groups = result["sentiment"]["vader"]["groups"]
         assert set(groups) == {"American_actors", "American_actresses"}
         assert result["perplexity"]["perplexity"] > 1.0
+    assert {r["perplexity"]["max_length"] for r in report["models"]} == {128}  # one shared window
     markdown = (out / "report.md").read_text()
     assert "| teacher |" in markdown and "| student |" in markdown
     assert "Headline, teacher:" in markdown and "Headline, student:" in markdown
