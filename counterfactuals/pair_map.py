@@ -37,6 +37,7 @@ The structure, :class:`PairMap`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ class PairMap:
     def vocab_size(self) -> int:
         return self.sigma.numel()
 
-    @property
+    @functools.cached_property  # the trainer asks for it at every step
     def gendered_ids(self) -> torch.Tensor:
         """Every token that is a source or a target of the swap (sorted)."""
         return torch.unique(torch.cat([self.edge_src, self.edge_dst]))

@@ -609,7 +609,8 @@ def role_reversal(
         raise ValueError(
             f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape {tuple(lead)}"
         )
-    pair_map = pair_map.to(teacher.device)
+    if pair_map.sigma.device != teacher.device:
+        pair_map = pair_map.to(teacher.device)
     gendered = pair_map.gendered_ids
     out = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
     with torch.no_grad():

@@ -171,6 +171,17 @@ def _gguf_quantization_config():
     return GgufConfig(dequantize=True)
 
 
+def _from_pretrained(auto_class, name: str, **kwargs):
+    """``auto_class.from_pretrained`` with the offline / missing-path errors made actionable."""
+    try:
+        return auto_class.from_pretrained(name, **kwargs)
+    except OSError as err:
+        clearer = _explain_load_error(name, err)
+        if clearer is None:
+            raise
+        raise clearer from err
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike,
     *,
@@ -205,13 +216,7 @@ def load_causal_lm(
         kwargs.setdefault("use_safetensors", True)
     if torch_dtype is not None:
         kwargs[DTYPE_KWARG] = torch_dtype
-    try:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-    except OSError as err:
-        clearer = _explain_load_error(name, err)
-        if clearer is None:
-            raise
-        raise clearer from err
+    model = _from_pretrained(AutoModelForCausalLM, name, trust_remote_code=trust_remote_code, **kwargs)
     if gguf_file is not None:
         _strip_gguf_quantization(model)
     return model
@@ -232,13 +237,7 @@ def load_tokenizer(
     name, gguf_file = _split_gguf(name_or_path, gguf_file)
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
-    except OSError as err:
-        clearer = _explain_load_error(name, err)
-        if clearer is None:
-            raise
-        raise clearer from err
+    tokenizer = _from_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code, **kwargs)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             logger.warning("tokenizer %r has neither a pad nor an eos token; set tokenizer.pad_token", name)

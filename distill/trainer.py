@@ -28,6 +28,7 @@ from counterfactuals import PairMap, build_pair_map
 
 from .config import DistillationConfig
 from .losses import causal_lm_loss, hidden_cosine_loss, kd_loss, role_reversal
+from .models import resolve_dtype
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 
@@ -126,10 +127,8 @@ class CounterfactualDistillationTrainer(Trainer):
     # --- teacher -------------------------------------------------------------------------------------
 
     def _prepare_teacher(self, teacher: PreTrainedModel) -> torch.nn.Module:
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-            self.args.teacher_dtype
-        )
-        if self.args.teacher_dtype == "auto":
+        dtype = resolve_dtype(self.args.teacher_dtype)
+        if dtype == "auto":  # follow the run's mixed precision; in fp32 runs keep the loaded dtype
             dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
         if dtype is not None:
             teacher = teacher.to(dtype)
@@ -182,20 +181,19 @@ class CounterfactualDistillationTrainer(Trainer):
             return logits[:, :-1], hidden, 0.0
 
         logits = logits[:, :-1]
-        target = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-        common = {
-            "pair_map": self.pair_map,
-            "mode": args.perturbation,
-            "temperature": args.temperature,
-            "scope": args.perturbation_scope,
-            "chunk_size": args.kd_chunk_size,
-        }
-        context = input_ids[:, :-1]
-        kept = (~changed).nonzero().squeeze(-1)
-        if kept.numel():  # no gendered token: the counterfactual context is the original one
-            target[kept] = role_reversal(logits[kept], None, context_ids=context[kept], **common)
-        if rows.numel():
-            target[rows] = role_reversal(logits[rows], cf_logits[:, :-1], context_ids=context[rows], **common)
+        counterfactual = None  # no row has a gendered token: every counterfactual context is the original
+        if rows.numel():  # rows the swap left alone reuse their original distribution
+            counterfactual = logits.index_copy(0, rows, cf_logits[:, :-1])
+        target = role_reversal(
+            logits,
+            counterfactual,
+            self.pair_map,
+            args.perturbation,
+            temperature=args.temperature,
+            scope=args.perturbation_scope,
+            context_ids=input_ids[:, :-1],
+            chunk_size=args.kd_chunk_size,
+        )
         return target, hidden, rows.numel() / len(input_ids)
 
     # --- loss ----------------------------------------------------------------------------------------
