@@ -738,7 +738,9 @@ def plot(report: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = (("disparity.mean_equitability", "mean equitability (1 = parity)"),
+    # the female share of gendered continuations, not the equitability: at small counts the latter's
+    # intervals can exclude its own estimate (see the report), the former is a ratio of pooled sums
+    panels = (("disparity.female_of_gendered", "female / gendered continuations (0.5 = balance)"),
               ("pronoun.mean_abs_gap", "pronoun |gap| (0 = no preference)"))  # fmt: skip
     for ax, (key, label) in zip(axes, panels, strict=True):
         for arm, entry in report["summary"]["arms"].items():
@@ -751,7 +753,8 @@ def plot(report: dict, path: Path) -> Path:
         ax.set_xlabel("held-out perplexity (lower is better)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_title("Generation disparity vs perplexity (test prompts)")
+    axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes[0].set_title("Gender balance of generations vs perplexity (test prompts)")
     axes[1].set_title("Pronoun gap vs perplexity")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
