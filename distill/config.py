@@ -33,6 +33,16 @@ class DistillationConfig(TrainingArguments):
             "float32, bfloat16 or float16. The frozen teacher only runs forward passes."
         },
     )
+    teacher_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory written by `python -m distill.teacher_cache --config <recipe> --out DIR`: the "
+            "teacher's top-k log-probabilities (and the counterfactual view's) for every training and eval "
+            "block. The targets are rebuilt from it and the teacher is never run (its weights load only "
+            "when the student is built from them); the cache must match the recipe's data, teacher and "
+            "pair map (checked). Sets remove_unused_columns to false: the cache travels as dataset columns."
+        },
+    )
     # --- student -------------------------------------------------------------------------------------
     student_init: str = field(
         default="layers",
@@ -143,6 +153,27 @@ class DistillationConfig(TrainingArguments):
             "(faster on GPUs); off = two passes (less peak memory)."
         },
     )
+    teacher_prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the counterfactual teacher pass of a swapped row only from its first swapped token: "
+            "before it both views read the same context, so the original pass's logits and key/value cache "
+            "are reused (exact, not an approximation). Rows swapped at position 0 are read in full (with "
+            "joint_teacher_pass, inside the original pass). Off = every swapped row is read again in full. "
+            "Not used with a sharded teacher (FSDP, ZeRO-3) or one whose cache cannot be cut (sliding "
+            "window): those read the rows in full."
+        },
+    )
+    teacher_suffix_passes: int = field(
+        default=4,
+        metadata={
+            "help": "With teacher_prefix_sharing: at most this many counterfactual passes per batch. Swapped "
+            "rows are grouped by their first swapped position (each group starts at its earliest) so that "
+            "the teacher reads the fewest tokens; 1 = one pass from the batch's earliest swap. More passes "
+            "read fewer tokens, each in a smaller batch: where small batches run inefficiently (a small "
+            "teacher on a GPU) fewer passes may be faster."
+        },
+    )
 
     fairness_eval: bool = field(
         default=False,
@@ -198,9 +229,22 @@ class DistillationConfig(TrainingArguments):
             raise ValueError(f"block_size must be >= 2, got {self.block_size}")
         if self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size must be >= 1, got {self.kd_chunk_size}")
+        if self.teacher_suffix_passes < 1:
+            raise ValueError(
+                f"teacher_suffix_passes must be >= 1 (counterfactual passes per batch), got "
+                f"{self.teacher_suffix_passes}"
+            )
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(
                 f"validation_split_percentage must lie in [0, 100), got {self.validation_split_percentage}"
             )
         if self.lora_r < 1 or self.lora_alpha <= 0 or not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError("lora_r must be >= 1, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.teacher_cache is not None:
+            if self.alpha_cos > 0:
+                raise ValueError(
+                    "alpha_cos > 0 needs the teacher's hidden states, which a teacher cache does not hold: "
+                    "set alpha_cos to 0, or drop teacher_cache to run the live teacher"
+                )
+            # the cache rows are extra dataset columns; Trainer would drop them before compute_loss
+            self.remove_unused_columns = False

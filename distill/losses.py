@@ -17,8 +17,10 @@ hand-made tensors and reused by any trainer. Conventions shared by every functio
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +36,10 @@ __all__ = [
     "causal_lm_loss",
     "hidden_cosine_loss",
     "kd_loss",
+    "CounterfactualSuffix",
     "kd_loss_reference",
     "role_reversal",
+    "role_reversal_reference",
 ]
 
 IGNORE_INDEX = -100
@@ -535,6 +539,19 @@ COMBINE_MODES = ("max", "mean", "expMean")
 SCOPES = ("all", "gendered")
 
 
+class CounterfactualSuffix(NamedTuple):
+    """Counterfactual teacher logits of some rows, from one position on.
+
+    A row's swapped context equals the original up to (not including) its first swapped token, so a
+    causal teacher's counterfactual distribution before that position *is* the original one: only
+    positions ``start:`` need counterfactual logits (the trainer's prefix sharing computes no others).
+    """
+
+    rows: torch.Tensor  # (n,) long: the batch rows these logits belong to
+    start: int  # first position (on the logits' time axis) whose counterfactual context differs
+    logits: torch.Tensor  # (n, T - start, V): counterfactual logits at positions start, ..., T - 1
+
+
 def role_reversal(
     teacher_logits: torch.Tensor,
     counterfactual_logits: torch.Tensor | None,
@@ -545,6 +562,7 @@ def role_reversal(
     scope: str = "all",
     context_ids: torch.Tensor | None = None,
     chunk_size: int = 1024,
+    counterfactual_suffixes: Sequence[CounterfactualSuffix] | None = None,
 ) -> torch.Tensor:
     r"""The perturbed teacher target of Gupta et al. (2022) as log-probabilities, shape ``(..., V)``.
 
@@ -563,6 +581,15 @@ def role_reversal(
     (``counterfactual_logits`` None or equal to ``teacher_logits``) every one-to-one pair gets equal
     probability under every mode: that is what evens out "the nurse said that [he|she]".
 
+    Computes what :func:`role_reversal_reference` computes (up to float rounding; the tests hold it to
+    that), with fewer passes over the vocabulary. The swap moves mass only between the gendered tokens
+    ``G`` (``pair_map.gendered_ids``, about 2% of GPT-2's vocabulary), so :math:`q = \tilde p` outside
+    ``G`` and ``map_back`` and the combination run on the ``G`` columns only. Where the context is
+    neutral (:math:`\tilde p = p`) or ``scope="gendered"``, every other token keeps :math:`p`, so the
+    normaliser is :math:`1 - \sum_G p + \sum_G r` and the whole position costs one ``log_softmax``
+    and one subtraction over the vocabulary (positions whose ``G`` mass exceeds 1/2, where that
+    difference would lose precision, are renormalised exactly afterwards).
+
     Args:
         teacher_logits: ``(..., V)`` teacher logits on the original context.
         counterfactual_logits: same shape, on the swapped context; None means the context has no
@@ -575,40 +602,103 @@ def role_reversal(
         context_ids: ``(...)`` the last context token of each position (``input_ids`` aligned with the
             logits), so word pieces such as "Samp|son" are not swapped (see ``PairMap.map_back``).
         chunk_size: positions processed at a time, bounding the fp32 temporaries.
+        counterfactual_suffixes: instead of ``counterfactual_logits``, for ``(B, T, V)`` teacher
+            logits: the counterfactual logits of the rows the swap changed, each from the position where
+            its context first differs (:class:`CounterfactualSuffix`; a row in at most one). Every
+            position no suffix covers is a neutral context (:math:`\tilde p = p`). This is what the
+            trainer passes: no ``(B, T, V)`` counterfactual tensor is ever assembled.
 
     Returns:
         float32 (float64 for float64 input) log-probabilities, no gradient (the teacher is frozen).
     """
-    if mode not in COMBINE_MODES:
-        raise ValueError(f"unknown perturbation mode {mode!r}; use one of {', '.join(COMBINE_MODES)}")
-    if scope not in SCOPES:
-        raise ValueError(f"unknown perturbation scope {scope!r}; use one of {', '.join(SCOPES)}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
-    if counterfactual_logits is not None and counterfactual_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"counterfactual_logits {tuple(counterfactual_logits.shape)} must have the teacher logits' "
-            f"shape {tuple(teacher_logits.shape)}: the swap keeps sequence lengths"
-        )
-    vocab = teacher_logits.shape[-1]
-    if vocab != pair_map.vocab_size:
-        raise ValueError(
-            f"teacher vocabulary V={vocab} but the pair map covers {pair_map.vocab_size} tokens; build it "
-            "with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check_role_reversal(
+        teacher_logits, counterfactual_logits, pair_map, mode, temperature, scope, chunk_size
+    )
+    if counterfactual_suffixes is not None and counterfactual_logits is not None:
+        raise ValueError("give counterfactual_logits or counterfactual_suffixes, not both")
     dtype = _compute_dtype(teacher_logits)
+    vocab = teacher_logits.shape[-1]
+    lead = teacher_logits.shape[:-1]
+    teacher = teacher_logits.detach().reshape(-1, vocab)
+    context = _flat_context(context_ids, lead, teacher)
+    runs = _counterfactual_runs(teacher_logits, counterfactual_logits, counterfactual_suffixes)
+    if pair_map.sigma.device != teacher.device:
+        pair_map = pair_map.to(teacher.device)
+    gendered = pair_map.gendered_ids
+    on_gendered = _restricted_to_gendered(pair_map)
+    out = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
+    # sum of p over G at the positions normalised by the shortcut (0 elsewhere), for the exact fix-up
+    gendered_mass = torch.zeros(teacher.shape[0], dtype=dtype, device=teacher.device)
+    with torch.no_grad():
+        for first, length, counterfactual in runs:
+            for offset in range(0, length, chunk_size):
+                rows = slice(first + offset, first + min(offset + chunk_size, length))
+                log_p = F.log_softmax(_softened(teacher[rows], temperature, dtype), dim=-1)
+                log_p_g = log_p.index_select(-1, gendered)
+                p_g = log_p_g.exp()
+                log_cf = None
+                if counterfactual is None:
+                    p_cf_g = p_g
+                else:
+                    cf_rows = counterfactual[offset : offset + chunk_size]
+                    log_cf = F.log_softmax(_softened(cf_rows, temperature, dtype), dim=-1)
+                    p_cf_g = log_cf.index_select(-1, gendered).exp()
+                q_g = on_gendered.map_back(p_cf_g, p_g, None if context is None else context[rows])
+                log_r_g = _combine(mode, p_g, q_g, log_p_g)
+                target = out[rows]  # a view: everything below writes into `out`
+                if log_cf is None or scope == "gendered":
+                    # every token outside G keeps p, so sum r = (1 - sum_G p) + sum_G r
+                    mass = p_g.sum(-1)
+                    log_z = ((1.0 - mass).clamp_min(0.0) + log_r_g.exp().sum(-1)).log().unsqueeze(-1)
+                    torch.sub(log_p, log_z, out=target)
+                    target.index_copy_(-1, gendered, log_r_g - log_z)
+                    gendered_mass[rows] = mass
+                    continue
+                # scope "all" with a counterfactual: outside G, q is the counterfactual p itself
+                if mode == "max":
+                    torch.maximum(log_p, log_cf, out=target)
+                elif mode == "mean":  # log(p + q); _combine's log((p + q) / 2) gets the same log 2 back
+                    torch.logaddexp(log_p, log_cf, out=target)
+                    log_r_g = log_r_g + math.log(2.0)
+                else:  # expMean: add + halve, not lerp, which would turn -inf + -inf into NaN
+                    torch.add(log_p, log_cf, out=target).mul_(0.5)
+                target.index_copy_(-1, gendered, log_r_g)
+                # normalise: log_softmax is one fused pass (logsumexp + sub is several, ~2x slower on CPU)
+                target.copy_(F.log_softmax(target, dim=-1))
+        # 1 - sum_G p loses relative precision as sum_G p nears 1: renormalise those positions exactly
+        # (one host sync per call; only those positions pay for it)
+        uncertain = (gendered_mass > 0.5).nonzero().squeeze(-1)
+        if uncertain.numel():
+            rows = out.index_select(0, uncertain)
+            out.index_copy_(0, uncertain, rows - torch.logsumexp(rows, dim=-1, keepdim=True))
+    return out.reshape(*lead, vocab)
+
+
+def role_reversal_reference(
+    teacher_logits: torch.Tensor,
+    counterfactual_logits: torch.Tensor | None,
+    pair_map: PairMap,
+    mode: str,
+    *,
+    temperature: float = 1.0,
+    scope: str = "all",
+    context_ids: torch.Tensor | None = None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Plain implementation of :func:`role_reversal` (same semantics): both softmaxes, ``map_back`` and
+    the combination over the whole vocabulary at every position, written the obvious way. Meant only
+    as the ground truth that tests and benchmarks check :func:`role_reversal` against."""
+    _check_role_reversal(
+        teacher_logits, counterfactual_logits, pair_map, mode, temperature, scope, chunk_size
+    )
+    dtype = _compute_dtype(teacher_logits)
+    vocab = teacher_logits.shape[-1]
     lead = teacher_logits.shape[:-1]
     teacher = teacher_logits.detach().reshape(-1, vocab)
     counterfactual = (
         None if counterfactual_logits is None else counterfactual_logits.detach().reshape(-1, vocab)
     )
-    context = None if context_ids is None else context_ids.reshape(-1).to(teacher.device)
-    if context is not None and context.numel() != teacher.shape[0]:
-        raise ValueError(
-            f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape {tuple(lead)}"
-        )
+    context = _flat_context(context_ids, lead, teacher)
     if pair_map.sigma.device != teacher.device:
         pair_map = pair_map.to(teacher.device)
     gendered = pair_map.gendered_ids
@@ -632,6 +722,119 @@ def role_reversal(
                 log_r = _combine(mode, p, q, log_p)
             out[rows] = log_r - torch.logsumexp(log_r, dim=-1, keepdim=True)
     return out.reshape(*lead, vocab)
+
+
+def _check_role_reversal(
+    teacher_logits: torch.Tensor,
+    counterfactual_logits: torch.Tensor | None,
+    pair_map: PairMap,
+    mode: str,
+    temperature: float,
+    scope: str,
+    chunk_size: int,
+) -> None:
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"unknown perturbation mode {mode!r}; use one of {', '.join(COMBINE_MODES)}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown perturbation scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    if counterfactual_logits is not None and counterfactual_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"counterfactual_logits {tuple(counterfactual_logits.shape)} must have the teacher logits' "
+            f"shape {tuple(teacher_logits.shape)}: the swap keeps sequence lengths"
+        )
+    vocab = teacher_logits.shape[-1]
+    if vocab != pair_map.vocab_size:
+        raise ValueError(
+            f"teacher vocabulary V={vocab} but the pair map covers {pair_map.vocab_size} tokens; build it "
+            "with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _flat_context(
+    context_ids: torch.Tensor | None, lead: torch.Size, teacher: torch.Tensor
+) -> torch.Tensor | None:
+    context = None if context_ids is None else context_ids.reshape(-1).to(teacher.device)
+    if context is not None and context.numel() != teacher.shape[0]:
+        raise ValueError(
+            f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape {tuple(lead)}"
+        )
+    return context
+
+
+def _softened(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    logits = logits.to(dtype)
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _counterfactual_runs(
+    teacher_logits: torch.Tensor,
+    counterfactual_logits: torch.Tensor | None,
+    suffixes: Sequence[CounterfactualSuffix] | None,
+) -> list[tuple[int, int, torch.Tensor | None]]:
+    """The flattened positions as runs ``(first, length, counterfactual logits (length, V) or None)``:
+    consecutive positions that share one kind of context (neutral, or with counterfactual logits)."""
+    vocab = teacher_logits.shape[-1]
+    n_positions = teacher_logits.numel() // vocab
+    if suffixes is None:
+        if counterfactual_logits is None:
+            return [(0, n_positions, None)]
+        return [(0, n_positions, counterfactual_logits.detach().reshape(-1, vocab))]
+    if teacher_logits.dim() != 3:
+        raise ValueError(
+            "counterfactual_suffixes need (batch, seq, vocab) teacher logits, got "
+            f"{tuple(teacher_logits.shape)}"
+        )
+    n_rows, length = teacher_logits.shape[:2]
+    start_of_row: list[int] = [length] * n_rows
+    logits_of_row: list[torch.Tensor | None] = [None] * n_rows
+    for suffix in suffixes:
+        rows = suffix.rows.tolist()
+        expected = (len(rows), length - suffix.start, vocab)
+        if not 0 <= suffix.start <= length or tuple(suffix.logits.shape) != expected:
+            raise ValueError(
+                f"a counterfactual suffix from position {suffix.start} of {len(rows)} rows must have logits "
+                f"of shape {expected} (rows, positions start..{length - 1}, vocab), got "
+                f"{tuple(suffix.logits.shape)}"
+            )
+        for i, row in enumerate(rows):
+            if not 0 <= row < n_rows or logits_of_row[row] is not None:
+                raise ValueError(
+                    f"counterfactual suffix row {row}: rows must lie in [0, {n_rows}) and appear in one "
+                    "suffix at most"
+                )
+            start_of_row[row], logits_of_row[row] = suffix.start, suffix.logits[i].detach()
+    runs: list[tuple[int, int, torch.Tensor | None]] = []
+    for row, start in enumerate(start_of_row):
+        first = row * length
+        if start > 0:
+            if runs and runs[-1][2] is None and runs[-1][0] + runs[-1][1] == first:
+                runs[-1] = (runs[-1][0], runs[-1][1] + start, None)  # neutral rows back to back: one run
+            else:
+                runs.append((first, start, None))
+        if start < length:
+            runs.append((first + start, length - start, logits_of_row[row]))
+    return runs
+
+
+def _restricted_to_gendered(pair_map: PairMap) -> PairMap:
+    """``pair_map`` on the vocabulary cut down to its gendered tokens: column j is token
+    ``gendered_ids[j]``. Every edge of the swap starts and ends on a gendered token, so ``map_back`` of
+    the gendered columns of p̃ and p is exactly q on those columns (q = p̃ on all others). Only the
+    fields ``PairMap.map_back`` reads are remapped; ``ends_word`` stays whole, as it is indexed by the
+    context's token ids (tests check this against the full ``map_back``)."""
+    gendered = pair_map.gendered_ids
+    return dataclasses.replace(
+        pair_map,
+        sigma=torch.arange(gendered.numel(), device=gendered.device),  # map_back reads only its size
+        edge_src=torch.searchsorted(gendered, pair_map.edge_src),
+        edge_dst=torch.searchsorted(gendered, pair_map.edge_dst),
+        source_ids=torch.searchsorted(gendered, pair_map.source_ids),
+        starts_word=pair_map.starts_word[gendered],
+    )
 
 
 def _combine(mode: str, p: torch.Tensor, q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:

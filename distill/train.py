@@ -24,12 +24,15 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import yaml
 from transformers import HfArgumentParser, set_seed
 
+from counterfactuals import PairMap, build_pair_map
+
 from .config import DistillationConfig
-from .data import prepare_lm_datasets
+from .data import PreparedData, prepare_lm_datasets
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
 from .student import (
@@ -39,7 +42,8 @@ from .student import (
     student_from_pretrained,
     student_from_teacher_layers,
 )
-from .trainer import CounterfactualDistillationTrainer, write_resolved_config
+from .teacher_cache import attach_teacher_cache, cache_split_dir, read_manifest, run_teacher_dtype
+from .trainer import CounterfactualDistillationTrainer, output_vocab_size, write_resolved_config
 
 
 class RecipeError(ValueError):
@@ -87,7 +91,9 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
-def build_student(config: DistillationConfig, teacher):
+def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None):
+    """The student of ``config.student_init``. ``teacher`` may be None for ``pretrained``/``config``
+    students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary."""
     if config.student_init == "layers":
         return student_from_teacher_layers(
             teacher, layers=config.student_layers, num_layers=config.student_num_layers
@@ -103,7 +109,7 @@ def build_student(config: DistillationConfig, teacher):
     source = resolve_model_path(config.student_name_or_path)
     if config.student_init == "pretrained":
         return student_from_pretrained(source)
-    return student_from_config(source, vocab_size_from=teacher)
+    return student_from_config(source, vocab_size_from=teacher if teacher is not None else vocab_size)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -111,22 +117,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return run(parse_config(argv))[1]
 
 
-def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
-    """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
-    eval metrics."""
-    set_seed(config.seed)
-    teacher_path = resolve_model_path(config.teacher_name_or_path)
-    tokenizer = load_tokenizer(teacher_path)
-    teacher = load_causal_lm(teacher_path, dtype="float32")
-    student = build_student(config, teacher)
-    trainable, total = count_parameters(student)
-    print(
-        f"[fairdistill] teacher {config.teacher_name_or_path}: {count_parameters(teacher)[1] / 1e6:.1f}M "
-        f"params; student ({config.student_init}): {total / 1e6:.1f}M params, "
-        f"{trainable / 1e6:.1f}M trainable"
-    )
-
-    data = prepare_lm_datasets(
+def prepare_data(config: DistillationConfig, tokenizer) -> PreparedData:
+    """The recipe's packed train/eval blocks: one function, so that a teacher cache
+    (``python -m distill.teacher_cache``) is written for exactly the blocks a run trains on."""
+    return prepare_lm_datasets(
         dataset_name=config.dataset_name,
         tokenizer=tokenizer,
         block_size=config.block_size,
@@ -143,7 +137,61 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         seed=config.seed,
         main_process_first=config.main_process_first,
     )
+
+
+def attach_cached_targets(
+    config: DistillationConfig, data: PreparedData, tokenizer, vocab_size: int
+) -> tuple[PreparedData, PairMap | None]:
+    """``data`` with ``config.teacher_cache`` attached to each split (refused when the cache was written
+    for other blocks, another teacher, teacher dtype, vocabulary or pair map), and the pair map."""
+    pair_map = None
+    if config.perturbation is not None:
+        pair_map = build_pair_map(tokenizer, names=config.swap_names, vocab_size=vocab_size)
+    checks = {
+        "vocab_size": vocab_size,
+        "pair_map": pair_map,
+        "teacher_name": config.teacher_name_or_path,
+        "teacher_dtype": str(run_teacher_dtype(config) or torch.float32).removeprefix("torch."),
+        "temperature": config.temperature,
+    }
+    train = attach_teacher_cache(data.train, cache_split_dir(config.teacher_cache, "train"), **checks)
+    eval_ = None
+    if data.eval is not None:
+        eval_ = attach_teacher_cache(data.eval, cache_split_dir(config.teacher_cache, "eval"), **checks)
+    return dataclasses.replace(data, train=train, eval=eval_), pair_map
+
+
+def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
+    """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
+    eval metrics."""
+    set_seed(config.seed)
+    teacher_path = resolve_model_path(config.teacher_name_or_path)
+    tokenizer = load_tokenizer(teacher_path)
+    cache_vocab = None
+    if config.teacher_cache is not None:  # read first: a missing cache fails before any model loads
+        cache_vocab = read_manifest(cache_split_dir(config.teacher_cache, "train"))["vocab_size"]
+    # with a teacher cache the teacher never runs: its weights load only when the student is built from them
+    teacher = None
+    if config.teacher_cache is None or config.student_init in ("layers", "lora"):
+        teacher = load_causal_lm(teacher_path, dtype="float32")
+    student = build_student(config, teacher, vocab_size=cache_vocab)
+    trainable, total = count_parameters(student)
+    source = (
+        f"{count_parameters(teacher)[1] / 1e6:.1f}M params"
+        if config.teacher_cache is None
+        else f"cached in {config.teacher_cache}"
+    )
+    print(
+        f"[fairdistill] teacher {config.teacher_name_or_path}: {source}; student ({config.student_init}): "
+        f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable"
+    )
+
+    data = prepare_data(config, tokenizer)
     print(f"[fairdistill] data: {json.dumps(data.stats)}")
+    pair_map = None
+    if config.teacher_cache is not None:
+        teacher = None  # only the student's source: the targets come from the cache
+        data, pair_map = attach_cached_targets(config, data, tokenizer, output_vocab_size(student))
 
     trainer = CounterfactualDistillationTrainer(
         model=student,
@@ -151,6 +199,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         # Trainer's own Hub sync would upload its generic card and training_args.bin (a pickle) at every
         # save; the student is published once, at the end, by distill.publish
         args=dataclasses.replace(config, push_to_hub=False) if config.push_to_hub else config,
+        pair_map=pair_map,
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=tokenizer,
