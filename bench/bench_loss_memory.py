@@ -36,12 +36,8 @@ and reports the largest absolute differences of the loss and of the gradient w.r
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import importlib.metadata
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -53,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import format_load, machine  # noqa: E402
+
 TARGET_RATIO = 0.35
 DTYPES = {"fp32": ("float32", 4), "bf16": ("bfloat16", 2)}
 GIB = 1024**3
@@ -63,32 +61,14 @@ GIB = 1024**3
 # ----------------------------------------------------------------------------------------------------
 
 
-def machine(device: str) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    versions = {}
-    for package in ("torch", "transformers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    info = {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        **versions,
-        "memory_gib": _meminfo_gib("MemTotal"),
-        "available_gib_at_start": _meminfo_gib("MemAvailable"),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device,
-    }
+def machine_and_memory(device: str) -> dict[str, Any]:
+    """The common machine record plus total and available RAM and the device measured."""
+    info = machine(torch_threads=False)
+    info.update(
+        memory_gib=_meminfo_gib("MemTotal"),
+        available_gib_at_start=_meminfo_gib("MemAvailable"),
+        device=device,
+    )
     if device == "cuda":
         import torch
 
@@ -119,11 +99,6 @@ def _reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
-
-
-def _load(info: dict[str, Any]) -> str:
-    load = info.get("load_average")
-    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device here; run with --device cpu")
 
-    info = machine(args.device)
+    info = machine_and_memory(args.device)
     positions = args.batch * args.seq
     variants = ["reference"] + [f"chunked{c}" for c in chunk_sizes]
     results: dict[str, dict[str, Any]] = {}
@@ -404,7 +379,7 @@ def _report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, A
         f"one chunk of 1024 positions in fp32: {1024 * args.vocab * 4 / GIB:.2f} GiB.",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {mem:.0f} GiB RAM; Python {info['python']}, "
         f"torch {info['torch']}, transformers {info['transformers']}; {info['date']}; "
-        f"load average at start {_load(info)}.",
+        f"load average at start {format_load(info['load_average'])}.",
         "",
         "| logits | implementation | peak beyond inputs, GiB (fp32 tensors) | forward / backward peak, GiB "
         "| profiler peak, GiB | kept after (the gradient), GiB | ratio to plain | seconds "

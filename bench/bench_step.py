@@ -5,7 +5,8 @@ Why: the counterfactual target costs a second teacher view of every row the swap
 reversal over the vocabulary at every position. Target (issue 6): a CF-KD step costs at most 1.25x a
 plain KD step, even when every row is gendered, with a teacher of about 1.5-2x the student's compute.
 
-    python bench/bench_step.py [--steps 5] [--batch-size 10] [--seq-len 128] [--compile] [--json PATH]
+    python bench/bench_step.py [--steps 5] [--batch-size 10] [--seq-len 128] [--compile] [--modes M ...]
+        [--json PATH]
 
 Measured in one run on one machine. One step = ``trainer.training_step`` (student forward, teacher
 target, loss, backward) + ``optimizer.step()`` + ``zero_grad()``: what ``Trainer.train`` does per
@@ -44,11 +45,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,6 +59,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
 
 import torch  # noqa: E402
 
+from bench._common import format_load, load_average, machine  # noqa: E402
 from counterfactuals.cli import (  # noqa: E402
     BOLD_DOMAINS,
     SAMPLE_CORPUS,
@@ -82,36 +81,6 @@ MODES = {
     "plain_compiled": "plain KD, compiled student",  # with --compile only
     "cf_fast_compiled": "CF-KD, fast paths on, compiled student",  # with --compile only
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    versions = {}
-    for package in ("torch", "transformers"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        **versions,
-        "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _load(load: tuple[float, ...] | None) -> str:
-    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -269,11 +238,22 @@ def make_trainers(args, teachers, student, tokenizer, pair_map, output_dir: Path
     return trainers
 
 
-def modes_for(share: float, trainers: dict[str, Any]) -> list[str]:
-    """Without gendered rows no row is swapped: prefix sharing has nothing to share and CDA changes
-    no row, so those two would repeat the fast CF-KD figure."""
+def modes_for(share: float, trainers: dict[str, Any], selected: list[str] | None = None) -> list[str]:
+    """The configurations timed at this share: ``selected`` (default: all). Without gendered rows no
+    row is swapped: prefix sharing has nothing to share and CDA changes no row, so those two would
+    repeat the fast CF-KD figure."""
     skipped = ("cf_no_sharing", "cf_cda") if share == 0 else ()
-    return [m for m in MODES if m in trainers and m not in skipped]
+    return [m for m in MODES if m in trainers and m not in skipped and (selected is None or m in selected)]
+
+
+def resolve_modes(modes: list[str] | None, compile_student: bool) -> list[str] | None:
+    """``--modes`` plus the plain KD configuration each one is divided by; None keeps them all."""
+    if modes is None:
+        return None
+    chosen = set(modes) | {ratio_base(m) for m in modes}
+    if any(m.endswith("_compiled") for m in chosen) and not compile_student:
+        raise ValueError("the *_compiled configurations need --compile")
+    return [m for m in MODES if m in chosen]
 
 
 def ratio_base(mode: str) -> str:
@@ -409,10 +389,22 @@ def main(argv: list[str] | None = None) -> int:
         help="also time plain KD and CF-KD (fast) with torch_compile=True (compile time reported apart)",
     )
     parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        default=None,
+        help="time only these configurations (and the plain KD each is divided by); default: all. Fewer "
+        "configurations in the round robin keep each one's memory churn from slowing the others",
+    )
+    parser.add_argument(
         "--bold-dir", type=Path, default=None, help="default: FAIRDISTILL_BOLD_DIR or ../shared"
     )
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     args = parser.parse_args(argv)
+    try:
+        args.modes = resolve_modes(args.modes, args.compile)
+    except ValueError as error:
+        parser.error(f"--modes: {error}")
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if any(not 0.0 <= s <= 1.0 for s in args.shares):
@@ -473,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                 compile_seconds[mode] = time.perf_counter() - start
         for step in range(args.warmup + args.steps):
             for share in args.shares:
-                for mode in modes_for(share, trainers):
+                for mode in modes_for(share, trainers, args.modes):
                     batch = make_batch(pools, share, args.batch_size, step, cda=mode == "cf_cda")
                     counter.tokens = 0
                     wall, cpu = time.perf_counter(), time.process_time()
@@ -483,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         times.setdefault((share, mode), []).append((wall, cpu))
                         teacher_tokens.setdefault((share, mode), []).append(counter.tokens)
             print(f"  round {step + 1}/{args.warmup + args.steps} done", file=sys.stderr)
-    load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_end = load_average()
 
     results: dict[str, dict[str, Any]] = {}
     tokens_per_step = args.batch_size * args.seq_len
@@ -518,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         f"configurations in round robin.",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), torch threads {info['torch_threads']}; Python "
         f"{info['python']}, torch {info['torch']}, transformers {info['transformers']}; {info['date']}; load "
-        f"average at start {_load(info['load_average'])}, at end {_load(load_end)}.",
+        f"average at start {format_load(info['load_average'])}, at end {format_load(load_end)}.",
         f"Fast target vs reference target on an all-gendered batch: max |difference| {target_gap:.2e} "
         "(log-probabilities).",
         "",
@@ -549,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{MODES[m]} {s:.1f} s" for m, s in compile_seconds.items()),
         ]
     for mode in ("cf_fast", "cf_fast_bf16", "cf_fast_compiled"):
-        if mode not in trainers_used:
+        if mode not in trainers_used or (args.modes is not None and mode not in args.modes):
             continue
         verdicts = []
         for share in args.shares:

@@ -23,11 +23,8 @@ Markdown table (for BENCHMARKS.md) with the machine and library versions.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench._common import format_load, machine  # noqa: E402
 from counterfactuals.cli import (  # noqa: E402
     BOLD_DOMAINS,
     SAMPLE_CORPUS,
@@ -74,36 +72,6 @@ def load_lines(bold_dir: Path) -> tuple[list[str], str]:
     size = sum(len(t.encode("utf-8")) + 1 for t in sample)
     copies = -(-MIN_FALLBACK_BYTES // size)
     return sample * copies, f"{SAMPLE_CORPUS.relative_to(REPO_ROOT)} repeated {copies}x"
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    versions = {}
-    for package in ("torch", "transformers", "tokenizers", "datasets"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        **versions,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _load(info: dict[str, Any]) -> str:
-    load = info.get("load_average")
-    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
 
 
 def tokenizer_worker(lines_file: Path, repeat: int) -> None:
@@ -158,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets.disable_progress_bars()
     lines, source = load_lines(args.bold_dir or default_bold_dir())
     megabytes = sum(len(line.encode("utf-8")) for line in lines) / 1e6
-    info = machine()
+    info = machine(("torch", "transformers", "tokenizers", "datasets"), torch_threads=False)
     print(f"text: {len(lines)} lines, {megabytes:.2f} MB ({source})", file=sys.stderr)
 
     results: dict[str, dict[str, Any]] = {}
@@ -232,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Text: {len(lines)} lines, {megabytes:.2f} MB ({source}); best of {args.repeat} runs.",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}); Python {info['python']}, torch {info['torch']}, "
         f"transformers {info['transformers']}, tokenizers {info['tokenizers']}, datasets {info['datasets']}; "
-        f"{info['date']}; load average at start {_load(info)}.",
+        f"{info['date']}; load average at start {format_load(info['load_average'])}.",
         "",
         "| measurement | seconds | MB/s | lines/s | ratio to the tokenizer (parallel / 1 thread) |",
         "|---|---:|---:|---:|---:|",

@@ -34,11 +34,8 @@ Prints Markdown for BENCHMARKS.md with the machine and versions; ``--json`` also
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -50,6 +47,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench._common import format_load, load_average, machine  # noqa: E402
 
 for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}.items():
     os.environ.setdefault(_key, _value)
@@ -71,36 +70,6 @@ COLUMN_GROUPS = {
     "counterfactual top-k": ("teacher_cf_topk_ids", "teacher_cf_topk_logprobs", "teacher_cf_rest_logmass"),
     "gendered blocks": ("teacher_gendered_ids", "teacher_gendered_logprobs", "teacher_cf_gendered_logprobs"),
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
-    versions = {}
-    for package in ("torch", "transformers", "datasets"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        **versions,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _load(load: Any) -> str:
-    return "unknown" if load is None else " / ".join(f"{x:.2f}" for x in load)
 
 
 def load_lines(bold_dir: Path) -> tuple[list[str], str]:
@@ -246,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if TIMED_K not in args.ks:
         parser.error(f"--ks must include {TIMED_K} (the cache the step time is measured with)")
+    if args.steps < 2 or args.rounds < 1 or min(args.blocks, args.block_size, args.batch_size) < 1:
+        parser.error(
+            "--steps must be >= 2 (each run's first step is an untimed warm-up); --rounds, --blocks, "
+            "--block-size and --batch-size must be >= 1"
+        )
 
     import datasets
     from datasets import load_from_disk
@@ -263,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     datasets.disable_progress_bars()
-    info = machine()
+    info = machine(("torch", "transformers", "datasets"))
     started = time.perf_counter()
     path = resolve_model_path(TEACHER)
     tokenizer = load_tokenizer(path)
@@ -416,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     live_step = results["steps"]["live teacher"]["median_seconds"]
     cached_step = results["steps"][f"cache k={TIMED_K}"]["median_seconds"]
     results["step_speedup"] = live_step / cached_step
-    info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info["load_average_end"] = load_average()
     info["wall_seconds"] = time.perf_counter() - started
     student_params = sum(p.numel() for p in student.parameters())
 
@@ -427,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "gendered tokens.",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['torch_threads']} torch threads; Python "
         f"{info['python']}, torch {info['torch']}, transformers {info['transformers']}, datasets "
-        f"{info['datasets']}; {info['date']}; load average {_load(info['load_average'])} at start, "
-        f"{_load(info['load_average_end'])} at the end; {info['wall_seconds']:.0f} s in all.",
+        f"{info['datasets']}; {info['date']}; load average {format_load(info['load_average'])} at start, "
+        f"{format_load(info['load_average_end'])} at the end; {info['wall_seconds']:.0f} s in all.",
         "",
         "Storage (float16 log-probabilities, original + counterfactual view + gendered block):",
         "",

@@ -135,6 +135,15 @@ def _check_kd_inputs(
 # ----------------------------------------------------------------------------------------------------
 
 
+def _log_softmax_in_place(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` in ``dtype``, written over ``logits`` when it already has that
+    dtype (the caller must not need it afterwards), else over its one converted copy."""
+    x = logits.to(dtype)
+    if temperature != 1.0:
+        x.div_(temperature)
+    return x.sub_(torch.logsumexp(x, dim=-1, keepdim=True))
+
+
 def _chunk_divergence(
     student_chunk: torch.Tensor,
     teacher_chunk: torch.Tensor,
@@ -155,40 +164,46 @@ def _chunk_divergence(
       ``L = beta KL(p_T||m) + (1-beta) KL(p||m)``:  ``dL/dz = (1-beta) p * (log(p/m) - KL(p||m))``
       (writing ``L = beta sum p_T log p_T + (1-beta) sum p log p - sum m log m`` gives
       ``g_i = dL/dp_i = (1-beta) log(p_i/m_i)``; the softmax Jacobian maps ``g`` to ``p * (g - <p, g>)``).
+
+    Both chunks are rows gathered for this call alone, and are overwritten: working in place keeps the
+    peak at about three ``(c, V)`` tensors in ``dtype`` for forward KL (the trainer's default), which is
+    what sets the loss's forward peak next to the student-shaped gradient buffer.
     """
-    z = student_chunk.to(dtype)
-    if temperature != 1.0:
-        z = z / temperature
-    log_ps = torch.log_softmax(z, dim=-1)
-    del z
+    log_ps = _log_softmax_in_place(student_chunk, temperature, dtype)
+    del student_chunk
     log_pt = teacher_chunk.to(dtype)
+    del teacher_chunk
     if not teacher_is_log_probs:  # a log-probability target is used as is (the caller softened it)
-        if temperature != 1.0:
-            log_pt = log_pt / temperature
-        log_pt = torch.log_softmax(log_pt, dim=-1)
-    ps = log_ps.exp()
+        log_pt = _log_softmax_in_place(log_pt, temperature, dtype)
 
     if beta == 0.0:
         pt = log_pt.exp()
-        # 0 * log 0 = 0: tokens the teacher rules out (log p_T = -inf, possible with teacher_is_log_probs)
-        # contribute nothing instead of 0 * -inf = NaN.
-        row = torch.where(pt > 0, pt * (log_pt - log_ps), 0.0).sum(-1)
-        dz = ps.sub_(pt)
-    elif beta == 1.0:
-        log_ratio = log_ps - log_pt
+        # p_T (log p_T - log p_S), with 0 log 0 = 0: tokens the teacher rules out (log p_T = -inf, possible
+        # with teacher_is_log_probs) contribute nothing instead of 0 * -inf = NaN. A NaN p_T stays NaN.
+        terms = log_pt.sub_(log_ps).mul_(pt).masked_fill_(pt == 0, 0.0)
+        row = terms.sum(-1)
+        del terms, log_pt
+        dz = log_ps.exp_().sub_(pt)
+        return row, dz
+
+    ps = log_ps.exp()
+    if beta == 1.0:
+        log_ratio = log_ps.sub_(log_pt)
+        del log_pt
         row = (ps * log_ratio).sum(-1)
         dz = log_ratio.sub_(row.unsqueeze(-1)).mul_(ps)
-    else:
-        # log m = logaddexp(log(1-beta) + log p_S, log(beta) + log p_T): the mixture is never formed in
-        # probability space, which would underflow for tiny probabilities.
-        log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
-        pt = log_pt.exp()
-        kl_t = torch.where(pt > 0, pt * (log_pt - log_m), 0.0).sum(-1)
-        log_ps_over_m = log_ps.sub_(log_m)  # log_ps is no longer needed: reuse its buffer
-        del log_m
-        kl_s = (ps * log_ps_over_m).sum(-1)
-        row = beta * kl_t + (1.0 - beta) * kl_s
-        dz = log_ps_over_m.sub_(kl_s.unsqueeze(-1)).mul_(ps).mul_(1.0 - beta)
+        return row, dz
+    # log m = logaddexp(log(1-beta) + log p_S, log(beta) + log p_T): the mixture is never formed in
+    # probability space, which would underflow for tiny probabilities.
+    log_m = torch.logaddexp(log_ps + math.log1p(-beta), log_pt + math.log(beta))
+    pt = log_pt.exp()
+    kl_t = torch.where(pt > 0, pt * (log_pt - log_m), 0.0).sum(-1)
+    del pt, log_pt
+    log_ps_over_m = log_ps.sub_(log_m)  # log_ps is no longer needed: reuse its buffer
+    del log_m
+    kl_s = (ps * log_ps_over_m).sum(-1)
+    row = beta * kl_t + (1.0 - beta) * kl_s
+    dz = log_ps_over_m.sub_(kl_s.unsqueeze(-1)).mul_(ps).mul_(1.0 - beta)
     return row, dz
 
 
@@ -238,19 +253,25 @@ class _ChunkedKDFunction(torch.autograd.Function):
             # Gathering rows (instead of reshaping the whole tensor) keeps non-contiguous inputs such as
             # logits[:, :-1] copy-free, skips masked positions entirely, and lets the teacher logits live on
             # another device (e.g. offloaded to CPU) -- only one chunk of them is moved at a time.
-            student_chunk = student[b, t]
-            teacher_chunk = teacher[
-                teacher_pos_b[start : start + chunk_size], teacher_pos_t[start : start + chunk_size]
-            ].to(student.device)
+            # Advanced indexing gathers copies, which _chunk_divergence may overwrite; passed without a
+            # name here so that the callee holds the only reference and can free them as it goes.
             row, dz = _chunk_divergence(
-                student_chunk, teacher_chunk, temperature, beta, teacher_is_log_probs, dtype
+                student[b, t],
+                teacher[
+                    teacher_pos_b[start : start + chunk_size], teacher_pos_t[start : start + chunk_size]
+                ].to(student.device),
+                temperature,
+                beta,
+                teacher_is_log_probs,
+                dtype,
             )
             loss_sum += row.sum()
             if keep_grad:
                 grad[b, t] = dz.mul_(grad_coef).to(grad_dtype)
-            del row, dz, student_chunk, teacher_chunk
+            del row, dz
 
         ctx.has_grad = keep_grad
+        ctx.scaled_in_place = False
         if keep_grad:
             ctx.save_for_backward(grad)
         return loss_sum * (scale / normaliser)
@@ -262,11 +283,23 @@ class _ChunkedKDFunction(torch.autograd.Function):
         if not ctx.has_grad:
             shape, dtype, device = ctx.student_meta
             return (torch.zeros(shape, dtype=dtype, device=device),) + (None,) * n_no_grad
+        if ctx.scaled_in_place:
+            raise RuntimeError(
+                "kd_loss ran backward a second time (retain_graph=True) after its first backward scaled the "
+                "stored gradient in place (grad_output was not 1): run backward once per forward, or "
+                "backward a loss whose kd_loss term has weight 1 (then any number of backward calls works)"
+            )
         (grad,) = ctx.saved_tensors
-        # Multiply by a Python float rather than by the 0-dim tensor: for bf16 grads the scalar then stays
-        # in fp32 inside the kernel instead of being rounded to bf16 first. Out-of-place so that a second
-        # backward with retain_graph=True still sees the unscaled stored gradient.
-        return ((grad * grad_output.item()).to(ctx.student_meta[1]),) + (None,) * n_no_grad
+        factor = grad_output.item()
+        # The stored buffer *is* the gradient handed back: backward never makes a second student-sized
+        # tensor (in the trainer the gradient flows on into the LM head, so this lowers the step's peak).
+        # At factor 1 (loss.backward() on an unweighted term) it is returned as is, so backward can run
+        # again. Otherwise it is scaled in place -- by a Python float, so a bf16 buffer is multiplied in
+        # fp32 inside the kernel -- and a second backward, which would see the scaled values, is refused.
+        if factor != 1.0:
+            grad.mul_(factor)
+            ctx.scaled_in_place = True
+        return (grad.to(ctx.student_meta[1]),) + (None,) * n_no_grad
 
 
 def _positions(

@@ -198,12 +198,29 @@ def test_gradcheck_custom_function(beta):
     )
 
 
-def test_backward_twice_with_retain_graph():
+def test_backward_twice_with_retain_graph_at_weight_one():
     student, teacher = _logits(1, 5, 20, seed=24).requires_grad_(), _logits(1, 5, 20, seed=25)
-    loss = kd_loss(student, teacher, beta=0.3) * 2.0
+    loss = kd_loss(student, teacher, beta=0.3)
     (first,) = torch.autograd.grad(loss, student, retain_graph=True)
+    first = first.clone()
     (second,) = torch.autograd.grad(loss, student)
-    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_weighted_backward_scales_the_stored_gradient_in_place_and_refuses_a_second_backward():
+    """The memory contract of backward: the gradient handed back is the buffer saved in forward, scaled
+    in place -- never a second student-sized tensor -- and it equals the weighted reference gradient."""
+    student, teacher = _logits(2, 5, 20, seed=24).requires_grad_(), _logits(2, 5, 20, seed=25)
+    kd = kd_loss(student, teacher, beta=0.3)
+    (stored,) = kd.grad_fn.saved_tensors
+    loss = 2.5 * kd
+    (grad,) = torch.autograd.grad(loss, student, retain_graph=True)
+    assert grad.data_ptr() == stored.data_ptr()
+    reference = student.detach().clone().requires_grad_()
+    (expected,) = torch.autograd.grad(2.5 * kd_loss_reference(reference, teacher, beta=0.3), reference)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(RuntimeError, match="second time.*weight 1"):
+        torch.autograd.grad(loss, student)
 
 
 def test_only_a_student_shaped_gradient_is_saved_for_backward():
