@@ -14,7 +14,8 @@ import yaml
 
 from distill.config import DistillationConfig
 from distill.models import load_causal_lm
-from distill.train import RecipeError, main, parse_config
+from distill.recipe import RecipeError, parse_config
+from distill.train import main
 from distill.trainer import RESOLVED_CONFIG_NAME
 from tests.assets import gpt2_tokenizer, tiny_gpt2, wandb_offline_records
 

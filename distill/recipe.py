@@ -1,0 +1,89 @@
+"""From a recipe to what a run trains on: parse a YAML recipe plus ``--key value`` overrides into a
+:class:`DistillationConfig`, and prepare the recipe's packed train/eval blocks.
+
+Library code, shared by the launcher (``distill/train.py``), the teacher-cache writer and the
+application layer; it never starts a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from .config import DistillationConfig
+from .data import PreparedData, prepare_lm_datasets
+
+__all__ = ["RecipeError", "parse_config", "prepare_data"]
+
+
+class RecipeError(ValueError):
+    """A recipe or override the parser cannot use; the message says which key and what to do."""
+
+
+def parse_config(argv: Sequence[str] | None = None) -> DistillationConfig:
+    """``--config FILE.yaml`` gives the defaults; every other ``--key value`` overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, overrides = pre.parse_known_args(argv)
+    parser = HfArgumentParser(DistillationConfig)
+    if known.config is not None:
+        recipe = _read_recipe(known.config)
+        parser.set_defaults(**recipe)
+        # a recipe may provide what the parser would otherwise require on the command line
+        for action in parser._actions:
+            if action.dest in recipe:
+                action.required = False
+    (config,) = parser.parse_args_into_dataclasses(args=list(overrides))
+    if config.teacher_name_or_path is None:
+        raise RecipeError("no teacher: set teacher_name_or_path in the recipe or pass --teacher_name_or_path")
+    if config.dataset_name is None:
+        raise RecipeError("no training text: set dataset_name in the recipe or pass --dataset_name")
+    return config
+
+
+def _read_recipe(path: Path) -> dict:
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist; recipes live in recipes/*.yaml") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(recipe, dict):
+        raise RecipeError(
+            f"recipe {path} must be a mapping of DistillationConfig fields, got {type(recipe).__name__}"
+        )
+    known = {f.name for f in fields(DistillationConfig)}
+    for key in recipe:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"recipe {path}: unknown key '{key}'{hint}")
+    return recipe
+
+
+def prepare_data(config: DistillationConfig, tokenizer) -> PreparedData:
+    """The recipe's packed train/eval blocks: one function, so that a teacher cache
+    (``python -m distill.teacher_cache``) is written for exactly the blocks a run trains on."""
+    return prepare_lm_datasets(
+        dataset_name=config.dataset_name,
+        tokenizer=tokenizer,
+        block_size=config.block_size,
+        text_column=config.text_column,
+        dataset_config_name=config.dataset_config_name,
+        train_split=config.train_split,
+        eval_split=config.eval_split,
+        validation_split_percentage=config.validation_split_percentage,
+        max_train_samples=config.max_train_samples,
+        max_eval_samples=config.max_eval_samples,
+        cda=config.cda,
+        cda_names=config.swap_names,
+        num_proc=config.preprocessing_num_workers,
+        seed=config.seed,
+        main_process_first=config.main_process_first,
+    )
