@@ -387,8 +387,7 @@ def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
     """`python -m distill.teacher_cache` on the tiny recipe (CDA, perturbation max, an eval split), then
     `distill.train` with --teacher_cache: no teacher runs, and the losses are the live run's."""
     from distill import teacher_cache
-    from distill.recipe import parse_config
-    from distill.train import run
+    from distill.train import parse_config, run
 
     teacher_dir = tmp_path / "teacher"
     tiny_gpt2(n_layer=2, seed=1, initializer_range=0.2, **NO_DROPOUT).save_pretrained(teacher_dir)
