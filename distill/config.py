@@ -6,7 +6,11 @@ every field carries its help text, and ``__post_init__`` rejects bad values befo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -15,6 +19,7 @@ from .losses import COMBINE_MODES, SCOPES
 STUDENT_INITS = ("layers", "pretrained", "config", "lora")
 CDA_MODES = ("two_sided", "one_sided")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+NONFINITE_POLICIES = ("error", "skip_step")
 
 
 @dataclass
@@ -175,6 +180,32 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    # --- safety (issue 18) ----------------------------------------------------------------------------
+    nonfinite_policy: str = field(
+        default="error",
+        metadata={
+            "help": "What a non-finite loss term does: 'error' stops the run, naming the term, step and "
+            "rows; 'skip_step' drops that optimizer step (no update), counts it (logged as "
+            "nonfinite_skipped_steps) and goes on. Non-finite weights are never saved either way."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow distill.train to start in a non-empty output_dir, replacing the run there (its "
+            "checkpoint-N folders are removed first). Without it a non-empty output_dir is refused unless "
+            "resuming (--resume_from_checkpoint latest)."
+        },
+    )
+    lexicon: str | None = field(
+        default=None,
+        metadata={
+            "help": "Gendered word pairs (a .tsv or .json file, as fairdistill-cda --lexicon takes) "
+            "replacing the built-in lexicon for CDA and the perturbation's token pair map; swap_names "
+            "does not apply."
+        },
+    )
+
     fairness_eval: bool = field(
         default=False,
         metadata={
@@ -184,6 +215,8 @@ class DistillationConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        _check_field_types(self)  # before TrainingArguments reads them: a 1.5 or a list fails here, by name
+        _check_ranges(self)
         super().__post_init__()
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError(
@@ -218,6 +251,10 @@ class DistillationConfig(TrainingArguments):
             )
         if self.cda is not None and self.cda not in CDA_MODES:
             raise ValueError(f"cda={self.cda!r}: use one of {', '.join(CDA_MODES)}, or leave it unset")
+        if self.nonfinite_policy not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite_policy={self.nonfinite_policy!r}: use one of {', '.join(NONFINITE_POLICIES)}"
+            )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.kd_beta <= 1.0:
@@ -248,3 +285,115 @@ class DistillationConfig(TrainingArguments):
                 )
             # the cache rows are extra dataset columns; Trainer would drop them before compute_loss
             self.remove_unused_columns = False
+
+    def to_dict(self) -> dict:
+        """TrainingArguments.to_dict (which hides ``*_token``), also hiding any other credential-like value
+        (``*key*``, ``*secret*``): this dict is what the JSON config and trackers (W&B) record."""
+        from .guards import redact_mapping
+
+        return redact_mapping(super().to_dict())
+
+
+# --- generic checks of every field's type and range, from the dataclass annotations -------------------
+
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+@functools.cache
+def _checkable_types() -> dict[str, tuple]:
+    """Field name -> the types its annotation allows: our fields made only of bool/int/float/str/None and
+    lists of those, and TrainingArguments' numeric and boolean fields (its __post_init__ rewrites some
+    string fields into other types, which a dataclasses.replace copy would then fail on)."""
+    hints = typing.get_type_hints(DistillationConfig)
+    ours = set(DistillationConfig.__annotations__)
+    out = {}
+    for f in fields(DistillationConfig):
+        if not f.init:
+            continue
+        hint = hints[f.name]
+        members = (
+            typing.get_args(hint)
+            if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+            else (hint,)
+        )
+        allowed = []
+        for member in members:
+            if member in _SIMPLE:
+                allowed.append(member)
+            elif typing.get_origin(member) is list and all(a in _SIMPLE for a in typing.get_args(member)):
+                allowed.append(member)
+            else:
+                break
+        else:
+            if f.name in ours or set(allowed) <= {bool, int, float, type(None)}:
+                out[f.name] = tuple(allowed)
+    return out
+
+
+def _is_instance(value, kind) -> bool:
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _type_name(kind) -> str:
+    if typing.get_origin(kind) is list:
+        return f"a list of {_type_name(typing.get_args(kind)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}[
+        kind
+    ]
+
+
+def _check_field_types(config) -> None:
+    for name, allowed in _checkable_types().items():
+        value = getattr(config, name)
+        if not any(_is_instance(value, kind) for kind in allowed):
+            wanted = " or ".join(_type_name(kind) for kind in allowed)
+            raise ValueError(f"{name}={value!r} ({type(value).__name__}): {name} must be {wanted}")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ValueError(f"{name}={value!r}: {name} must be a finite number")
+
+
+# (field, check, what the field must be) for values whose type alone does not make them meaningful
+_RANGES = (
+    ("max_steps", lambda v: v == -1 or v >= 1, ">= 1, or -1 to train num_train_epochs"),
+    ("num_train_epochs", lambda v: v > 0, "> 0"),
+    ("learning_rate", lambda v: v >= 0, ">= 0"),
+    ("per_device_train_batch_size", lambda v: v >= 1, ">= 1"),
+    ("per_device_eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("gradient_accumulation_steps", lambda v: v >= 1, ">= 1"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("max_grad_norm", lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("adam_beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("adam_epsilon", lambda v: v > 0, "> 0"),
+    ("logging_steps", lambda v: v > 0, "> 0"),
+    ("save_steps", lambda v: v > 0, "> 0"),
+    ("eval_steps", lambda v: v is None or v > 0, "> 0"),
+    ("save_total_limit", lambda v: v is None or v >= 1, ">= 1"),
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32)"),
+    ("dataloader_num_workers", lambda v: v >= 0, ">= 0"),
+    ("ddp_timeout", lambda v: v >= 1, ">= 1 (seconds)"),
+    ("temperature", lambda v: v > 0, "> 0"),
+    ("max_train_samples", lambda v: v is None or v >= 1, ">= 1 (blocks)"),
+    ("max_eval_samples", lambda v: v is None or v >= 1, ">= 1 (blocks)"),
+    ("preprocessing_num_workers", lambda v: v is None or v >= 1, ">= 1"),
+    ("lora_r", lambda v: v >= 1, ">= 1"),
+    ("lora_alpha", lambda v: v > 0, "> 0"),
+    ("student_layers", lambda v: v is None or (min(v, default=0) >= 0 and len(set(v)) == len(v) > 0),
+     "distinct layer indices >= 0"),
+)  # fmt: skip
+
+
+def _check_ranges(config) -> None:
+    for name, ok, what in _RANGES:
+        value = getattr(config, name)
+        if not ok(value):
+            raise ValueError(f"{name}={value!r}: {name} must be {what}")

@@ -41,6 +41,7 @@ from datasets import (
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
+from counterfactuals import Lexicon
 from counterfactuals.cda import COUNTERFACTUAL, MODES, SOURCE_COLUMN, SWAPPED_COLUMN, augment_dataset
 
 __all__ = [
@@ -631,6 +632,7 @@ def prepare_lm_datasets(
     max_eval_samples: int | None = None,
     cda: str | None = None,
     cda_names: bool = False,
+    cda_lexicon: Lexicon | None = None,
     num_proc: int | None = None,
     seed: int = 42,
     main_process_first: Callable[..., contextlib.AbstractContextManager[Any]] | None = None,
@@ -644,7 +646,8 @@ def prepare_lm_datasets(
        (``train_test_split(seed=seed)``) -- *before* augmentation, so that the counterfactual of an
        evaluation document can never land in the training data;
     3. with ``cda`` (``"two_sided"`` or ``"one_sided"``), augment the train split only
-       (``counterfactuals.cda.augment_dataset``; ``cda_names`` also swaps first names). Two-sided CDA
+       (``counterfactuals.cda.augment_dataset``; ``cda_names`` also swaps first names, ``cda_lexicon``
+       replaces the built-in pairs). Two-sided CDA
        places each counterfactual right after its original; the train documents are then shuffled
        (``seed``) before packing, or a block would often hold a document *and* its mirror image, and
        the student would learn to copy-and-swap within the context instead of seeing the two
@@ -710,7 +713,12 @@ def prepare_lm_datasets(
             stats["eval_documents"] = len(eval_docs)
         if cda is not None:
             train_docs = augment_dataset(
-                train_docs, mode=cda, text_column=text_column, names=cda_names, num_proc=num_proc
+                train_docs,
+                mode=cda,
+                text_column=text_column,
+                names=cda_names,
+                lexicon=cda_lexicon,
+                num_proc=num_proc,
             )
             stats.update({f"cda_{key}": value for key, value in cda_stats(train_docs).items()})
             if cda == "two_sided":

@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import HfArgumentParser
 
+from counterfactuals import Lexicon, PairMap, load_lexicon
+
 from .config import DistillationConfig
 from .data import PreparedData, prepare_lm_datasets
+from .guards import first_vocabulary_difference, vocabulary_fingerprint
 
-__all__ = ["RecipeError", "parse_config", "prepare_data"]
+__all__ = [
+    "RecipeError",
+    "check_student_tokenizer",
+    "gendered_share",
+    "parse_config",
+    "prepare_data",
+    "recipe_lexicon",
+    "warn_if_little_gendered_text",
+]
 
 
 class RecipeError(ValueError):
@@ -67,6 +80,11 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
+def recipe_lexicon(config: DistillationConfig) -> Lexicon | None:
+    """The custom lexicon of ``--lexicon`` (None: the built-in one); errors name the file and line."""
+    return None if config.lexicon is None else load_lexicon(config.lexicon)
+
+
 def prepare_data(config: DistillationConfig, tokenizer) -> PreparedData:
     """The recipe's packed train/eval blocks: one function, so that a teacher cache
     (``python -m distill.teacher_cache``) is written for exactly the blocks a run trains on."""
@@ -83,7 +101,50 @@ def prepare_data(config: DistillationConfig, tokenizer) -> PreparedData:
         max_eval_samples=config.max_eval_samples,
         cda=config.cda,
         cda_names=config.swap_names,
+        cda_lexicon=recipe_lexicon(config) if config.cda is not None else None,
         num_proc=config.preprocessing_num_workers,
         seed=config.seed,
         main_process_first=config.main_process_first,
     )
+
+
+def check_student_tokenizer(teacher_tokenizer, student_tokenizer, student: str) -> None:
+    """Refuse a student whose tokenizer maps tokens to ids differently from the teacher's: the KD target
+    is a distribution over the teacher's ids, so equal sizes are not enough."""
+    if vocabulary_fingerprint(teacher_tokenizer) != vocabulary_fingerprint(student_tokenizer):
+        raise ValueError(
+            f"the student's tokenizer ({student}) is not the teacher's: "
+            f"{first_vocabulary_difference(teacher_tokenizer, student_tokenizer)}. Distillation needs the "
+            "teacher's vocabulary: use student_init=layers/lora/config, or a student trained with it"
+        )
+
+
+GENDERED_SAMPLE_BLOCKS = 2000
+LOW_GENDERED_SHARE = 0.01
+
+
+def gendered_share(blocks, pair_map: PairMap, limit: int = GENDERED_SAMPLE_BLOCKS) -> float:
+    """Share of (the first ``limit``) packed blocks in which the pair map swaps at least one token."""
+    n = min(len(blocks), limit)
+    if n == 0:
+        return 0.0
+    ids = torch.tensor(blocks.select(range(n))["input_ids"])
+    return float(pair_map.swap_ids(ids)[1].float().mean())
+
+
+def warn_if_little_gendered_text(config: DistillationConfig, data: PreparedData, pair_map) -> None:
+    """Perturbation and CDA act only on gendered text: say so, once, when the corpus has (almost) none."""
+    shares = {}
+    if config.perturbation is not None and pair_map is not None:
+        shares[f"perturbation={config.perturbation}: training blocks with a gendered token"] = gendered_share(
+            data.train, pair_map
+        )
+    if config.cda is not None and "cda_swapped_share" in data.stats:
+        shares[f"cda={config.cda}: documents the swap changes"] = data.stats["cda_swapped_share"]
+    for what, share in shares.items():
+        if share < LOW_GENDERED_SHARE:
+            warnings.warn(
+                f"{what}: {share:.1%} of the training data ({config.dataset_name}); with so little gendered "
+                "text the counterfactual method barely changes the run. Check the corpus and the lexicon",
+                stacklevel=2,
+            )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -28,9 +29,17 @@ from counterfactuals import PairMap, build_pair_map
 
 from .config import DistillationConfig
 from .data import PreparedData
+from .guards import NonFiniteError, check_output_dir, clear_checkpoints, redact_argv, resolve_resume
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
-from .recipe import RecipeError, parse_config, prepare_data  # noqa: F401 - re-exported until issue 15's cleanup
+from .recipe import (
+    RecipeError,  # noqa: F401 - re-exported until issue 15's cleanup
+    check_student_tokenizer,
+    parse_config,
+    prepare_data,
+    recipe_lexicon,
+    warn_if_little_gendered_text,
+)
 from .student import (
     count_parameters,
     lora_student,
@@ -65,7 +74,23 @@ def build_student(config: DistillationConfig, teacher, vocab_size: int | None = 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse the recipe and overrides, run, return the final eval metrics."""
-    return run(parse_config(argv))[1]
+    config = parse_config(argv)
+    sys.argv[:] = redact_argv(sys.argv)  # before any tracker records the command line
+    claim_output_dir(config)
+    return run(config)[1]
+
+
+def claim_output_dir(config: DistillationConfig) -> None:
+    """Refuse a non-empty output_dir unless resuming or overwriting; when overwriting, remove the old
+    run's checkpoints (the main process only) so none of them is resumed into the new run."""
+    resume = config.resume_from_checkpoint not in (None, "", "false", "False")
+    check_output_dir(config.output_dir, resume=resume, overwrite=config.overwrite_output_dir)
+    if config.overwrite_output_dir and not resume and config.process_index == 0:
+        removed = clear_checkpoints(config.output_dir)
+        if removed:
+            print(
+                f"[fairdistill] overwrite_output_dir: removed {', '.join(removed)} from {config.output_dir}"
+            )
 
 
 def attach_cached_targets(
@@ -75,7 +100,9 @@ def attach_cached_targets(
     for other blocks, another teacher, teacher dtype, vocabulary or pair map), and the pair map."""
     pair_map = None
     if config.perturbation is not None:
-        pair_map = build_pair_map(tokenizer, names=config.swap_names, vocab_size=vocab_size)
+        pair_map = build_pair_map(
+            tokenizer, names=config.swap_names, lexicon=recipe_lexicon(config), vocab_size=vocab_size
+        )
     checks = {
         "vocab_size": vocab_size,
         "pair_map": pair_map,
@@ -94,8 +121,17 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
     eval metrics."""
     set_seed(config.seed)
+    # --resume_from_checkpoint latest/true: the newest complete checkpoint (incomplete ones are named)
+    resume, notes = resolve_resume(config.output_dir, config.resume_from_checkpoint)
+    for note in notes:
+        print(f"[fairdistill] warning: {note}", file=sys.stderr)
+    lexicon = recipe_lexicon(config)  # a bad lexicon fails before any model loads
     teacher_path = resolve_model_path(config.teacher_name_or_path)
     tokenizer = load_tokenizer(teacher_path)
+    if config.student_init == "pretrained":
+        student_tokenizer = _own_tokenizer(config.student_name_or_path)
+        if student_tokenizer is not None:
+            check_student_tokenizer(tokenizer, student_tokenizer, config.student_name_or_path)
     cache_vocab = None
     if config.teacher_cache is not None:  # read first: a missing cache fails before any model loads
         cache_vocab = read_manifest(cache_split_dir(config.teacher_cache, "train"))["vocab_size"]
@@ -121,6 +157,11 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     if config.teacher_cache is not None:
         teacher = None  # only the student's source: the targets come from the cache
         data, pair_map = attach_cached_targets(config, data, tokenizer, output_vocab_size(student))
+    elif config.perturbation is not None:
+        vocab = output_vocab_size(teacher)
+        pair_map = build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab)
+    if config.process_index == 0:
+        warn_if_little_gendered_text(config, data, pair_map)
 
     trainer = CounterfactualDistillationTrainer(
         model=student,
@@ -137,7 +178,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         from eval.callback import FairnessEvalCallback  # eval meets training only through this callback
 
         trainer.add_callback(FairnessEvalCallback(tokenizer, trainer=trainer))
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
     metrics: dict = {}
     if data.eval is not None:
@@ -156,17 +197,37 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     return trainer, metrics
 
 
-def cli() -> None:
+def _own_tokenizer(name_or_path: str):
+    """The tokenizer shipped with a pretrained student, or None when it ships none."""
     try:
-        try:
-            config = parse_config()
-        except ValueError as err:  # a bad recipe or value (RecipeError, DistillationConfig checks)
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        run(config)
+        return load_tokenizer(resolve_model_path(name_or_path))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+DEBUG_ENV = "FAIRDISTILL_DEBUG"
+
+
+def cli() -> None:
+    """``python -m distill.train``: user errors (a bad value, file or folder) are one line on stderr and
+    exit 2; a run stopped by a non-finite loss exits 1 with its message; FAIRDISTILL_DEBUG=1 re-raises
+    either with the traceback."""
+    try:
+        main()
+    except (ValueError, OSError) as err:  # RecipeError, config checks, missing/unreadable files, data
+        _fail(err, 2)
+    except NonFiniteError as err:
+        _fail(err, 1)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _fail(err: BaseException, code: int) -> None:
+    if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+        raise err
+    print(f"error: {err}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

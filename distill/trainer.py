@@ -17,6 +17,7 @@ swapped row is read again only from its first swapped token, on the original pas
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import logging
 
 try:  # transformers >= 4.56: caches made of per-layer objects
     from transformers.cache_utils import DynamicLayer
@@ -35,6 +38,13 @@ except ImportError:  # older caches are never cut: the counterfactual pass then 
 from counterfactuals import PairMap, build_pair_map
 
 from .config import DistillationConfig
+from .guards import (
+    NonFiniteError,
+    describe_positions,
+    nonfinite_parameters,
+    nonfinite_positions,
+    redact_mapping,
+)
 from .losses import (
     CounterfactualSuffix,
     causal_lm_loss,
@@ -47,6 +57,7 @@ from .models import resolve_dtype
 from .teacher_cache import TeacherCacheCollator, cached_teacher_targets, has_teacher_cache
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
+logger = logging.get_logger(__name__)
 
 
 def output_vocab_size(model: torch.nn.Module) -> int:
@@ -326,6 +337,11 @@ class CounterfactualDistillationTrainer(Trainer):
         self.teacher = None if teacher_model is None else self._prepare_teacher(teacher_model)
         self.pair_map = pair_map.to(self.args.device) if pair_map is not None else None
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
+        # non-finite loss terms (issue 18): flags of the last micro-batch, steps skipped so far
+        self._finite_terms: tuple[list[str], torch.Tensor] | None = None
+        self._skip_this_step, self.nonfinite_skipped_steps = False, 0
+        if args.nonfinite_policy == "skip_step":
+            self.add_callback(_SkipNonFiniteStep(self))
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -436,6 +452,11 @@ class CounterfactualDistillationTrainer(Trainer):
             )
         weights = {"kd": args.alpha_kd, "clm": args.alpha_clm, "cos": args.alpha_cos}
         loss = sum(weights[name] * term for name, term in terms.items())
+        if model.training:  # one fused check, read by training_step (no host sync here)
+            self._finite_terms = (
+                list(terms),
+                torch.isfinite(torch.stack([t.detach() for t in terms.values()])),
+            )
 
         mode = "train" if model.training else "eval"
         if mode == "train":
@@ -454,6 +475,50 @@ class CounterfactualDistillationTrainer(Trainer):
             # num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    # --- non-finite losses and weights (issue 18) -------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        names, finite = self._finite_terms
+        # the one host sync this check costs; Trainer's logging_nan_inf_filter reads the step loss right
+        # after, which waits for the same backward pass, so with it on (the default) nothing is added
+        if not bool(finite.all()):
+            bad = [name for name, ok in zip(names, finite.tolist(), strict=True) if not ok]
+            message = self._describe_nonfinite(model, inputs, bad)
+            if self.args.nonfinite_policy == "error":
+                raise NonFiniteError(message)
+            self._skip_this_step = True
+            logger.warning("%s; skipping this optimizer step (nonfinite_policy=skip_step)", message)
+            loss = torch.zeros_like(loss)
+        return loss
+
+    @torch.no_grad()
+    def _describe_nonfinite(self, model, inputs, bad_terms: list[str]) -> str:
+        """Which loss terms, at which step, and which rows of the micro-batch: the student's logits and
+        the teacher's target are computed again (only now, after the failure) to find the rows."""
+        where = []
+        input_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+        logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+        sources = {"student logits": logits}
+        if "kd" in bad_terms:
+            if self.teacher is None or has_teacher_cache(inputs):
+                target = cached_teacher_targets(
+                    inputs, self.args, self.pair_map, vocab_size=logits.shape[-1], need_hidden=False
+                )[0]
+            else:
+                target = self._teacher_targets(input_ids, mask, need_hidden=False)[0]
+            sources["teacher target"] = target
+        for source, values in sources.items():
+            positions = nonfinite_positions(values)
+            if positions:
+                where.append(f"{source} non-finite at {describe_positions(positions)}")
+        terms = ", ".join(f"loss_{name}" for name in bad_terms)
+        found = "; ".join(where) or "no non-finite logit or target found (look at the loss settings)"
+        return (
+            f"non-finite {terms} at step {self.state.global_step + 1} (rows of this micro-batch): {found}. "
+            "Check the teacher and the data; --nonfinite_policy skip_step skips such steps instead"
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
@@ -474,6 +539,8 @@ class CounterfactualDistillationTrainer(Trainer):
                         total / (len(metrics[name]) * self.accelerator.num_processes)
                     ).item()
         metrics.clear()
+        if mode == "train" and self.args.nonfinite_policy == "skip_step":
+            logs["nonfinite_skipped_steps"] = self.nonfinite_skipped_steps
         if mode == "train" and "loss" in logs:
             # throughput since the last log, all ranks together (packed blocks: every token is real)
             now = time.perf_counter()
@@ -483,9 +550,53 @@ class CounterfactualDistillationTrainer(Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
+        folder = output_dir or self.args.output_dir
+        named = state_dict.items() if state_dict is not None else self.model.named_parameters()
+        broken = nonfinite_parameters(named)
+        if broken:  # never a model (or checkpoint) with NaN/inf weights
+            shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+            raise NonFiniteError(
+                f"refusing to save {folder}: non-finite weights in {shown} "
+                f"(step {self.state.global_step}); nothing was written"
+            )
+        # Trainer's _save also pickles the whole TrainingArguments (hub_token included) into
+        # training_args.bin; the resolved JSON config (secrets redacted) says how the run was made, and
+        # resuming does not read the pickle. Secrets are blanked while it is written, then it is removed.
+        secrets = {f.name: getattr(self.args, f.name) for f in dataclasses.fields(self.args)}
+        secrets = {name: secrets[name] for name, v in redact_mapping(secrets).items() if v != secrets[name]}
+        try:
+            for name in secrets:
+                object.__setattr__(self.args, name, None)
+            super()._save(output_dir, state_dict)
+        finally:
+            for name, value in secrets.items():
+                object.__setattr__(self.args, name, value)
         if self.args.should_save:  # Trainer calls _save on every rank; only the saving one writes
-            write_resolved_config(self.args, output_dir or self.args.output_dir)
+            pickle = os.path.join(folder, TRAINING_ARGS_NAME)
+            if os.path.exists(pickle):
+                os.remove(pickle)
+            write_resolved_config(self.args, folder)
+
+
+class _SkipNonFiniteStep(TrainerCallback):
+    """nonfinite_policy=skip_step: drops the gradients of a step whose loss was not finite, so the
+    optimizer leaves every weight as it was (torch optimizers skip parameters without a gradient). Under
+    DDP the ranks agree first: one all-reduce of a flag per step, only with this policy."""
+
+    def __init__(self, trainer: CounterfactualDistillationTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        skip = trainer._skip_this_step
+        if trainer.accelerator.num_processes > 1:
+            flag = torch.tensor([float(skip)], device=args.device)
+            skip = bool(trainer.accelerator.reduce(flag, reduction="sum").item() > 0)
+        if skip:
+            for parameter in trainer.model.parameters():
+                parameter.grad = None
+            trainer.nonfinite_skipped_steps += 1
+        trainer._skip_this_step = False
 
 
 def _prepare_deepspeed_teacher(teacher: PreTrainedModel, accelerator) -> torch.nn.Module:
