@@ -114,7 +114,7 @@ def load_text_dataset(
     path = Path(source).expanduser()
     if path.exists():
         splits, is_text = _load_local(
-            path, config_name=config_name, data_files=data_files, streaming=streaming
+            path, config_name=config_name, data_files=data_files, streaming=streaming, text_column=text_column
         )
     elif _looks_like_path(source):
         raise FileNotFoundError(
@@ -163,7 +163,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def _load_local(
-    path: Path, *, config_name: str | None, data_files: Any, streaming: bool
+    path: Path, *, config_name: str | None, data_files: Any, streaming: bool, text_column: str = "text"
 ) -> tuple[dict[str, Any], bool]:
     """The splits of a local file/directory, and whether they came from the line-per-document builder."""
     if path.is_dir() and _is_saved_dataset(path):
@@ -191,7 +191,10 @@ def _load_local(
             )
         if path.stat().st_size == 0:
             raise ValueError(f"data file {str(path)!r} is empty; point at a file with data")
-        loaded = load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+        with _readable(path):
+            loaded = load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+        if not streaming:
+            _check_no_null_text(loaded["train"], text_column, path, builder)
         return dict(loaded), builder == "text"
 
     files = [p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts)]
@@ -200,8 +203,76 @@ def _load_local(
             raise ValueError(f"directory {str(path)!r} contains no data files; point at the files' directory")
         if all(p.stat().st_size == 0 for p in files):
             raise ValueError(f"every file in {str(path)!r} is empty; point at a directory with data")
-    loaded = load_dataset(str(path), config_name, data_files=data_files, streaming=streaming)
+    with _readable(path):
+        loaded = load_dataset(str(path), config_name, data_files=data_files, streaming=streaming)
     return dict(loaded), _builder_name(loaded) == "text"
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Turn the opaque ``DatasetGenerationError`` of an unreadable file into a ValueError that says which
+    file (and for invalid UTF-8 which line) and what to do."""
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        yield
+    except DatasetGenerationError as err:
+        cause = err.__cause__ or err.__context__
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                line = _first_invalid_utf8_line(file)
+                if line is not None:
+                    raise ValueError(
+                        f"{file}:{line}: not valid UTF-8 ({cause.reason}); save the file as UTF-8 "
+                        "(e.g. iconv -f latin1 -t utf-8) or remove the line"
+                    ) from None
+        reason = err.__cause__ or err
+        raise ValueError(
+            f"could not read the data in {path}: {reason}; check that the file matches its extension"
+        ) from None
+
+
+def _first_invalid_utf8_line(file: Path) -> int | None:
+    if _builder_for(file) is None or file.suffix.lower() in _COMPRESSION_SUFFIXES:
+        return None  # binary or compressed: no line to point at
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
+def _check_no_null_text(dataset: Dataset, text_column: str, path: Path, builder: str) -> None:
+    """A null text refused at load time, by its line in the file (not by its index after a shuffle)."""
+    if text_column not in (dataset.column_names or []):
+        return  # the missing column is reported with the available ones later
+    nulls = np.flatnonzero(pc.is_null(dataset.data.column(text_column)).to_numpy(zero_copy_only=False))
+    if nulls.size:
+        row = int(nulls[0])
+        where = f"{path}:{_line_of_row(path, row, builder)}" if builder in ("json", "csv") else str(path)
+        more = f"; {nulls.size - 1} more null rows follow" if nulls.size > 1 else ""
+        raise ValueError(
+            f"{where}: {text_column!r} is null in data row {row + 1}{more}; fill in its text or remove it"
+        )
+
+
+def _line_of_row(path: Path, row: int, builder: str) -> int | str:
+    """The file line of data row ``row`` (0-based) of a JSON-lines or CSV file (one row per line)."""
+    if builder == "csv":
+        return row + 2  # after the header line
+    with open(path, "rb") as handle:
+        seen = -1
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                seen += 1
+                if seen == row:
+                    return number
+    return "?"
 
 
 def _load_hub(
