@@ -487,7 +487,9 @@ class CounterfactualDistillationTrainer(Trainer):
             bad = [name for name, ok in zip(names, finite.tolist(), strict=True) if not ok]
             message = self._describe_nonfinite(model, inputs, bad)
             if self.args.nonfinite_policy == "error":
-                raise NonFiniteError(message)
+                raise NonFiniteError(
+                    f"{message}. Check the teacher and the data (--nonfinite_policy skip_step skips them)"
+                )
             self._skip_this_step = True
             logger.warning("%s; skipping this optimizer step (nonfinite_policy=skip_step)", message)
             loss = torch.zeros_like(loss)
@@ -515,10 +517,7 @@ class CounterfactualDistillationTrainer(Trainer):
                 where.append(f"{source} non-finite at {describe_positions(positions)}")
         terms = ", ".join(f"loss_{name}" for name in bad_terms)
         found = "; ".join(where) or "no non-finite logit or target found (look at the loss settings)"
-        return (
-            f"non-finite {terms} at step {self.state.global_step + 1} (rows of this micro-batch): {found}. "
-            "Check the teacher and the data; --nonfinite_policy skip_step skips such steps instead"
-        )
+        return f"non-finite {terms} at step {self.state.global_step + 1} (rows of this micro-batch): {found}"
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
