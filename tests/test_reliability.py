@@ -135,11 +135,11 @@ def test_launcher_exits_1_with_the_message_and_writes_no_model(tmp_path, teacher
     gpt2_tokenizer().save_pretrained(broken)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "distill.train", "--config", TINY_RECIPE, "--teacher_name_or_path",
-           str(broken), "--output_dir", str(out), "--student_init", "config", "--student_name_or_path",
-           str(teacher_dir), *QUIET]  # fmt: skip
+           str(broken), "--output_dir", str(out), *QUIET]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "error: non-finite loss_kd at step 1" in done.stderr and "teacher target" in done.stderr
+    assert "error: non-finite loss_kd" in done.stderr and "at step 1" in done.stderr
+    assert "teacher target non-finite at rows [0, 1]" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list(out.glob("**/*.safetensors"))
 
@@ -269,10 +269,13 @@ def test_a_same_size_different_tokenizer_is_refused(tmp_path, teacher_dir):
     student = tmp_path / "student"
     tiny_gpt2(n_layer=1, n_embd=32, seed=3).save_pretrained(student)
     other.save_pretrained(student)
+    recipe = yaml.safe_load(Path(TINY_RECIPE).read_text())
+    del recipe["student_num_layers"]
+    recipe.update(student_init="pretrained", student_name_or_path=str(student))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(ValueError, match=r"not the teacher's: same size \(50257 tokens\), but id 339"):
-        main(["--config", TINY_RECIPE, "--teacher_name_or_path", str(teacher_dir), "--output_dir",
-              str(tmp_path / "out"), "--student_init", "pretrained", "--student_name_or_path", str(student),
-              *QUIET])  # fmt: skip
+        main(["--config", str(tmp_path / "recipe.yaml"), "--teacher_name_or_path", str(teacher_dir),
+              "--output_dir", str(tmp_path / "out"), *QUIET])  # fmt: skip
 
 
 def test_a_corpus_without_gendered_words_warns_once_with_the_share(tmp_path, teacher_dir):
