@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 REDACTED = "<redacted>"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -234,3 +235,59 @@ def first_vocabulary_difference(a, b) -> str:
                 f"same size ({len(va)} tokens), but id {i} is {token!r} in one and {ib.get(i)!r} in the other"
             )
     return f"same size ({len(va)} tokens), same ids, different special tokens"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stalled peers
+# ----------------------------------------------------------------------------------------------------
+
+
+class StallWatchdog(TrainerCallback):
+    """Ends a multi-process run whose training makes no progress for ``timeout`` seconds (the run's
+    ddp_timeout): a stopped or wedged peer leaves the others blocked in a collective, and gloo's own
+    timeout does not reliably end them. Beats at every step, micro-step, eval batch, log and save while
+    training runs; on expiry it prints which rank waited how long and exits the process (status 1), so
+    the launcher tears the rest of the run down."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, timeout: float, rank: int, exit=os._exit) -> None:
+        import threading
+        import time
+
+        self.timeout, self.rank, self._exit = float(timeout), rank, exit
+        self._clock = time.monotonic
+        self._last = self._clock()
+        self._armed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fairdistill-stall-watchdog", daemon=True)
+
+    def beat(self, *_args, **_kwargs) -> None:
+        self._last = self._clock()
+
+    def on_train_begin(self, *args, **kwargs) -> None:
+        self.beat()
+        self._armed.set()
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def on_train_end(self, *args, **kwargs) -> None:
+        self._armed.clear()
+
+    on_step_begin = on_step_end = on_substep_end = on_prediction_step = on_evaluate = on_log = on_save = beat
+
+    def _watch(self) -> None:
+        import sys
+
+        while not self._stop.wait(self.POLL_SECONDS):
+            waited = self._clock() - self._last
+            if self._armed.is_set() and waited > self.timeout:
+                print(
+                    f"error: rank {self.rank}: no training progress for {waited:.0f} s (ddp_timeout="
+                    f"{self.timeout:.0f}): a peer process is stopped, wedged or gone. Ending the run; resume "
+                    "it from the last checkpoint (--resume_from_checkpoint latest)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._exit(1)
+                return

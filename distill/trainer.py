@@ -40,6 +40,7 @@ from counterfactuals import PairMap, build_pair_map
 from .config import DistillationConfig
 from .guards import (
     NonFiniteError,
+    StallWatchdog,
     describe_positions,
     nonfinite_parameters,
     nonfinite_positions,
@@ -342,6 +343,8 @@ class CounterfactualDistillationTrainer(Trainer):
         self._skip_this_step, self.nonfinite_skipped_steps = False, 0
         if args.nonfinite_policy == "skip_step":
             self.add_callback(_SkipNonFiniteStep(self))
+        if self.accelerator.num_processes > 1:  # a stopped peer must end the run, not hang it
+            self.add_callback(StallWatchdog(args.ddp_timeout, rank=args.process_index))
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),

@@ -351,3 +351,43 @@ def test_distillation_config_dict_hides_keys_and_tokens(tmp_path):
     token = fake_token()
     config = DistillationConfig(output_dir=str(tmp_path), hub_token=token, report_to="none")
     assert token not in json.dumps(config.to_dict(), default=str)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. A stalled peer ends the run within the configured ddp_timeout
+# ----------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stopped_ddp_peer_ends_the_run_within_ddp_timeout(tmp_path):
+    """Two gloo processes; rank 1 SIGSTOPs itself after step 2. Rank 0, blocked in the next gradient
+    all-reduce, must exit non-zero with a message about ddp_timeout (20 s) instead of waiting forever."""
+    import time
+
+    timeout, port = 20, free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        cmd = [sys.executable, str(REPO / "tests" / "ddp_stall_worker.py"), str(tmp_path), str(timeout)]
+        log = open(tmp_path / f"rank{rank}.log", "w")  # noqa: SIM115 - the child process writes it
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 240  # start-up under load, two steps, then at most ~timeout + 1 s
+        while procs[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert procs[0].returncode is not None, "rank 0 still hangs"
+        err = (tmp_path / "rank0.log").read_text()
+        assert procs[0].returncode != 0
+        assert "rank 0: no training progress for" in err and "ddp_timeout=20" in err, err[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()  # SIGKILL also ends the stopped rank 1
+            proc.wait()
