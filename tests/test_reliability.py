@@ -333,16 +333,16 @@ def test_data_errors_say_where(tmp_path, teacher_dir, content, message):
 
 
 def test_custom_lexicon_drives_cda_and_a_bad_one_is_named(tmp_path, teacher_dir, gpt2_tok):
-    corpus = tmp_path / "wizards.txt"
-    corpus.write_text("".join(f"The wizard at gate {i} waited for the train.\n" for i in range(40)))
+    corpus = tmp_path / "suns.txt"
+    corpus.write_text("".join(f"The sun at gate {i} rose over the train.\n" for i in range(40)))
     lexicon = tmp_path / "pairs.tsv"
-    lexicon.write_text("wizard\twitch\n")
+    lexicon.write_text("sun\tmoon\n")
     common = ["--config", TINY_RECIPE, "--teacher_name_or_path", str(teacher_dir), "--dataset_name",
               str(corpus), "--output_dir", str(tmp_path / "o")]  # fmt: skip
     built_in = prepare_data(parse_config(common), gpt2_tok).stats
     custom = prepare_data(parse_config([*common, "--lexicon", str(lexicon)]), gpt2_tok).stats
     assert built_in["cda_swapped_share"] == 0.0 and custom["cda_swapped_share"] == 1.0
-    lexicon.write_text("wizard\twitch\nking\n")
+    lexicon.write_text("sun\tmoon\nking\n")
     with pytest.raises(ValueError, match=r"pairs.tsv:2"):
         main([*common, "--lexicon", str(lexicon), *QUIET])
 

@@ -246,6 +246,7 @@ def test_resolved_config_is_saved_with_checkpoints_and_resume_matches(tmp_path, 
     checkpoint = interrupted_dir / "checkpoint-2"
     saved = json.loads((checkpoint / RESOLVED_CONFIG_NAME).read_text())
     assert saved["perturbation"] == "max" and saved["save_steps"] == 2
+    assert not list(interrupted_dir.rglob("training_args.bin"))  # no pickle; resuming does not need it
     resumed = run(interrupted_dir, resume=str(checkpoint))
     assert resumed[3] == pytest.approx(full[3], rel=1e-6)
     assert resumed[4] == pytest.approx(full[4], rel=1e-6)
