@@ -4,9 +4,11 @@
   or the teacher's target), and whether weights about to be saved are all finite;
 * secrets: the command line and config values a tracker or a file may see, with tokens and keys redacted;
 * output folders: refuse to write over a finished run; tell complete checkpoints from ones a kill cut short;
-* tokenizers: one fingerprint of the token -> id map, so teacher and student are compared by content.
+* tokenizers: one fingerprint of the token -> id map, so teacher and student are compared by content;
+* stalled peers: a watchdog callback that ends a DDP rank left waiting longer than ddp_timeout.
 
-Plain functions on tensors, paths and tokenizers; the trainer and the launcher call them.
+Plain functions on tensors, paths and tokenizers, and that one callback; the trainer and the launcher
+call them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def nonfinite_positions(values: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def describe_positions(positions: Sequence[tuple[int, int]], limit: int = 5) -> str:
-    """'rows [0, 3] (row 0 position 7, row 3 positions 2, 5)', at most ``limit`` rows spelled out."""
+    """'rows [0, 3] (row 0 position 7; row 3 positions 2, 5)', at most ``limit`` rows spelled out."""
     by_row: dict[int, list[int]] = {}
     for row, position in positions:
         by_row.setdefault(row, []).append(position)
