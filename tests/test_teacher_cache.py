@@ -1,4 +1,4 @@
-"""The offline top-k teacher cache (distill/teacher_cache.py) against the live teacher it replaces.
+"""The offline top-k teacher cache (distill/teacher_cache/) against the live teacher it replaces.
 
 Real parts throughout: the real GPT-2 tokenizer and pair map, a tiny random GPT-2 teacher whose larger
 initialisation makes its next-token distributions peaked (so dropping the tail matters), blocks of text
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -386,7 +388,7 @@ def test_cache_needs_its_columns_and_no_hidden_states(tmp_path, gpt2_tok, blocks
 def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
     """`python -m distill.teacher_cache` on the tiny recipe (CDA, perturbation max, an eval split), then
     `distill.train` with --teacher_cache: no teacher runs, and the losses are the live run's."""
-    from distill import teacher_cache
+    from distill.teacher_cache.__main__ import main as write_cache_of_recipe
     from distill.train import parse_config, run
 
     teacher_dir = tmp_path / "teacher"
@@ -410,7 +412,7 @@ def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
         "--disable_tqdm",
         "true",
     ]
-    manifests = teacher_cache.main(
+    manifests = write_cache_of_recipe(
         [*recipe, "--out", str(tmp_path / "cache"), "--k", str(V), "--dtype", "float32"]
     )
     assert [m["rows"] for m in manifests] == [4, 2] and all(m["counterfactual"] for m in manifests)
@@ -451,3 +453,19 @@ def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
                 ]
             )
         )
+
+
+def test_the_package_imports_without_datasets():
+    """Reading the format or the collator needs neither ``datasets`` nor ``pyarrow`` at import time."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('datasets', 'pyarrow'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import distill.teacher_cache, distill.teacher_cache.__main__\n"
+        "from distill.teacher_cache import TeacherCacheCollator, read_manifest, write_teacher_cache\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
