@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .format import DTYPES, run_teacher_dtype
+from .integrity import local_teacher_path
 from .write import _vocab_size, write_teacher_cache
 
 
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             batch_size=ours.batch_size,
             dtype=ours.dtype,
             teacher_name=config.teacher_name_or_path,
+            # identified by its weight files when they are on this machine (a Hub id: in its cache)
+            teacher_path=local_teacher_path(config.teacher_name_or_path),
             temperatures=ours.temperatures or (1.0, config.temperature),
             joint_teacher_pass=config.joint_teacher_pass,
             verbose=True,

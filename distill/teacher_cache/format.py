@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from counterfactuals import PairMap
 
 FORMAT = "fairdistill-teacher-cache"
-VERSION = 1
+VERSION = 2  # 2: file checksums and the teacher's weight hashes in the manifest
 MANIFEST_NAME = "teacher_cache.json"
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -174,60 +174,6 @@ def cache_split_dir(root: str | Path, split: str) -> Path:
         f"no {split} split in the teacher cache {root} (expected {root / split / MANIFEST_NAME}); write it "
         f"from the same recipe with `python -m distill.teacher_cache --config <recipe> --out {root}`"
     )
-
-
-def check_manifest(
-    manifest: dict[str, Any],
-    where: str | Path,
-    *,
-    dataset: Dataset | None = None,
-    vocab_size: int | None = None,
-    pair_map: PairMap | None = None,
-    teacher_name: str | None = None,
-    teacher_dtype: str | None = None,
-) -> None:
-    """Refuse a cache written for other data, another vocabulary, pair map, teacher or teacher dtype."""
-    if dataset is not None:
-        if manifest["rows"] != len(dataset):
-            raise TeacherCacheError(
-                f"teacher cache {where} has {manifest['rows']} rows but the dataset has {len(dataset)}: it "
-                f"was written for other data (dataset, block_size, CDA, max_*_samples or seed differ); "
-                f"{_REWRITE}"
-            )
-        if manifest["dataset_fingerprint"] != dataset_fingerprint(dataset):
-            raise TeacherCacheError(
-                f"teacher cache {where} was written for other token blocks (same row count, different "
-                "token ids or order: the text, tokenizer, block_size, CDA or seed differ, or the dataset "
-                f"was shuffled before attaching -- attach before any shuffle); {_REWRITE}"
-            )
-    if vocab_size is not None and manifest["vocab_size"] != vocab_size:
-        raise TeacherCacheError(
-            f"teacher cache {where} covers a vocabulary of {manifest['vocab_size']} tokens but the student "
-            f"has {vocab_size}: it was written with another teacher/tokenizer; {_REWRITE}"
-        )
-    if pair_map is not None:
-        if not manifest["counterfactual"]:
-            raise TeacherCacheError(
-                f"teacher cache {where} has no counterfactual view (written without a pair map), which "
-                "perturbation needs: write it with a pair map (the command line does when the recipe sets "
-                "perturbation, or pass --counterfactual), or train without perturbation"
-            )
-        if manifest["pair_map_fingerprint"] != pair_map_fingerprint(pair_map):
-            raise TeacherCacheError(
-                f"teacher cache {where} was written with another token swap (pair map: other tokenizer, "
-                f"lexicon or swap_names setting), so its counterfactual rows do not match; {_REWRITE}"
-            )
-    if teacher_name is not None and manifest.get("teacher") not in (None, teacher_name):
-        raise TeacherCacheError(
-            f"teacher cache {where} was written from teacher {manifest['teacher']!r}, the run's teacher is "
-            f"{teacher_name!r}; {_REWRITE}"
-        )
-    if teacher_dtype is not None and manifest.get("teacher_dtype") != teacher_dtype:
-        raise TeacherCacheError(
-            f"teacher cache {where} was written with the teacher in {manifest.get('teacher_dtype')}, the run "
-            f"would run it in {teacher_dtype} (teacher_dtype, bf16, fp16); set teacher_dtype to match or "
-            f"{_REWRITE}"
-        )
 
 
 def run_teacher_dtype(config: Any) -> torch.dtype | None:

@@ -31,14 +31,77 @@ from .format import (
     TOPK_IDS,
     TOPK_LOGPROBS,
     TeacherCacheError,
-    check_manifest,
+    dataset_fingerprint,
+    pair_map_fingerprint,
     read_manifest,
 )
+from .integrity import check_teacher_weights, load_verified_cache, local_teacher_path
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
     from counterfactuals import PairMap
+
+
+def check_manifest(
+    manifest: dict[str, Any],
+    where: str | Path,
+    *,
+    dataset: Dataset | None = None,
+    vocab_size: int | None = None,
+    pair_map: PairMap | None = None,
+    teacher_name: str | None = None,
+    teacher_path: str | Path | None = None,
+    teacher_dtype: str | None = None,
+) -> None:
+    """Refuse a cache written for other data, another vocabulary, pair map, teacher or teacher dtype.
+
+    The teacher is compared by the content of its weight files when both the cache and the run have them
+    (``teacher_path``, else the local files of ``teacher_name``), else by name."""
+    if dataset is not None:
+        if manifest["rows"] != len(dataset):
+            raise TeacherCacheError(
+                f"teacher cache {where} has {manifest['rows']} rows but the dataset has {len(dataset)}: it "
+                f"was written for other data (dataset, block_size, CDA, max_*_samples or seed differ); "
+                f"{_REWRITE}"
+            )
+        if manifest["dataset_fingerprint"] != dataset_fingerprint(dataset):
+            raise TeacherCacheError(
+                f"teacher cache {where} was written for other token blocks (same row count, different "
+                "token ids or order: the text, tokenizer, block_size, CDA or seed differ, or the dataset "
+                f"was shuffled before attaching -- attach before any shuffle); {_REWRITE}"
+            )
+    if vocab_size is not None and manifest["vocab_size"] != vocab_size:
+        raise TeacherCacheError(
+            f"teacher cache {where} covers a vocabulary of {manifest['vocab_size']} tokens but the student "
+            f"has {vocab_size}: it was written with another teacher/tokenizer; {_REWRITE}"
+        )
+    if pair_map is not None:
+        if not manifest["counterfactual"]:
+            raise TeacherCacheError(
+                f"teacher cache {where} has no counterfactual view (written without a pair map), which "
+                "perturbation needs: write it with a pair map (the command line does when the recipe sets "
+                "perturbation, or pass --counterfactual), or train without perturbation"
+            )
+        if manifest["pair_map_fingerprint"] != pair_map_fingerprint(pair_map):
+            raise TeacherCacheError(
+                f"teacher cache {where} was written with another token swap (pair map: other tokenizer, "
+                f"lexicon or swap_names setting), so its counterfactual rows do not match; {_REWRITE}"
+            )
+    if teacher_path is None:
+        teacher_path = local_teacher_path(teacher_name)
+    same_weights = teacher_path is not None and check_teacher_weights(manifest, where, teacher_path)
+    if not same_weights and teacher_name is not None and manifest.get("teacher") not in (None, teacher_name):
+        raise TeacherCacheError(
+            f"teacher cache {where} was written from teacher {manifest['teacher']!r}, the run's teacher is "
+            f"{teacher_name!r}; {_REWRITE}"
+        )
+    if teacher_dtype is not None and manifest.get("teacher_dtype") != teacher_dtype:
+        raise TeacherCacheError(
+            f"teacher cache {where} was written with the teacher in {manifest.get('teacher_dtype')}, the run "
+            f"would run it in {teacher_dtype} (teacher_dtype, bf16, fp16); set teacher_dtype to match or "
+            f"{_REWRITE}"
+        )
 
 
 def attach_teacher_cache(
@@ -48,6 +111,7 @@ def attach_teacher_cache(
     vocab_size: int | None = None,
     pair_map: PairMap | None = None,
     teacher_name: str | None = None,
+    teacher_path: str | Path | None = None,
     teacher_dtype: str | None = None,
     temperature: float | None = None,
 ) -> Dataset:
@@ -55,7 +119,9 @@ def attach_teacher_cache(
     unchanged), after :func:`check_manifest`. Attach before any shuffle or selection: the rows must be
     the ones the cache was written for, in the same order (checked). Give ``pair_map`` when training
     with ``perturbation``, so a cache without counterfactuals or from another swap is refused; give the
-    training ``temperature`` to be warned when the cache has no exact tail mass for it."""
+    training ``temperature`` to be warned when the cache has no exact tail mass for it. The teacher is
+    checked by the content of its weight files (``teacher_path``, else the local files of
+    ``teacher_name``) when the cache recorded them, and every cache file against its checksum."""
     manifest = read_manifest(cache_dir)
     stored = manifest.get("rest_temperatures", [1.0])
     if temperature is not None and not any(abs(t - temperature) < 1e-6 for t in stored):
@@ -72,14 +138,15 @@ def attach_teacher_cache(
         vocab_size=vocab_size,
         pair_map=pair_map,
         teacher_name=teacher_name,
+        teacher_path=teacher_path,
         teacher_dtype=teacher_dtype,
     )
     clash = [name for name in dataset.column_names if name in CACHE_COLUMNS]
     if clash:
         raise ValueError(f"the dataset already has teacher-cache columns {clash}; attach a cache only once")
-    from datasets import concatenate_datasets, load_from_disk
+    from datasets import concatenate_datasets
 
-    cache = load_from_disk(str(cache_dir))
+    cache = load_verified_cache(cache_dir, manifest)
     if len(cache) != len(dataset):
         raise TeacherCacheError(
             f"teacher cache {cache_dir} holds {len(cache)} rows, its manifest {manifest['rows']}; {_REWRITE}"

@@ -41,6 +41,7 @@ from .format import (
     pair_map_fingerprint,
     read_manifest,
 )
+from .integrity import WEIGHT_SUFFIXES, cache_file_checksums, load_verified_cache, teacher_weights
 
 if TYPE_CHECKING:
     from datasets import Dataset, Features
@@ -135,6 +136,7 @@ def write_teacher_cache(
     batch_size: int = 8,
     dtype: str = "float16",
     teacher_name: str | None = None,
+    teacher_path: str | Path | None = None,
     temperatures: Sequence[float] = (1.0, 2.0),
     joint_teacher_pass: bool = True,
     verbose: bool = False,
@@ -154,7 +156,11 @@ def write_teacher_cache(
             swap changes are stored too (needed for ``perturbation``), else plain KD only.
         batch_size: blocks per teacher forward pass.
         dtype: ``float16`` (default) or ``float32`` for the stored log-probabilities.
-        teacher_name: what the run calls the teacher (``teacher_name_or_path``); recorded and checked.
+        teacher_name: what the run calls the teacher (``teacher_name_or_path``); recorded, and checked
+            when the teacher's weights cannot be.
+        teacher_path: the folder (or ``.gguf`` file) ``teacher`` was loaded from: the SHA-256 of its
+            weight files is recorded, and a run whose teacher files differ is refused, whatever their
+            path. Without it (a teacher built in memory) only ``teacher_name`` identifies the teacher.
         temperatures: the training temperatures to store the exact tail mass for (1 is always stored):
             at these the rebuilt target is exact on the stored tokens; at others the tail mass at
             temperature 1 is spread instead (a rougher approximation).
@@ -187,6 +193,12 @@ def write_teacher_cache(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; remove it or choose another --out")
     fingerprint = dataset_fingerprint(dataset)
+    weights = teacher_weights(teacher_path)  # before the long pass: a wrong path fails early
+    if teacher_path is not None and weights is None:
+        raise FileNotFoundError(
+            f"teacher_path {teacher_path} holds no weight file ({', '.join(WEIGHT_SUFFIXES)}): give the "
+            "folder the teacher was loaded from"
+        )
     parameter = next(teacher.parameters())
     device = parameter.device
     moved_pair_map = pair_map.to(device) if pair_map is not None else None
@@ -268,6 +280,7 @@ def write_teacher_cache(
         "format": FORMAT,
         "version": VERSION,
         "teacher": teacher_name,
+        "teacher_weights": weights,
         "teacher_class": type(teacher).__name__,
         "teacher_dtype": str(parameter.dtype).removeprefix("torch."),
         "vocab_size": vocab,
@@ -291,6 +304,7 @@ def write_teacher_cache(
         "seconds": seconds,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "versions": {name: _version(name) for name in ("torch", "transformers", "datasets")},
+        "files": cache_file_checksums(out_dir),
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -354,9 +368,7 @@ def truncate_teacher_cache(cache_dir: str | Path, out_dir: str | Path, k: int) -
         raise ValueError(f"k must be an int in [1, {manifest['k']}) (the cache's k), got {k!r}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; remove it or choose another")
-    from datasets import load_from_disk
-
-    source = load_from_disk(str(cache_dir))
+    source = load_verified_cache(cache_dir, manifest)
     source.set_format("numpy", output_all_columns=True)
     dtype = manifest["dtype"]
     store = np.dtype(dtype)
@@ -411,6 +423,7 @@ def truncate_teacher_cache(cache_dir: str | Path, out_dir: str | Path, k: int) -
         "bytes_per_token": size / max(manifest["tokens"], 1),
         "seconds": time.perf_counter() - start,
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "files": cache_file_checksums(out_dir),
     }
     (out_dir / MANIFEST_NAME).write_text(json.dumps(derived, indent=2) + "\n", encoding="utf-8")
     return derived
