@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from .generation import GenerationSettings, model_max_positions
-from .loading import ModelLoadError, check_model_name, load_causal_lm_checked, run_cli
+from .loading import check_model_name, load_causal_lm_checked, run_cli
 from .perplexity import DEFAULT_MAX_LENGTH_CAP, load_text_for_perplexity
 from .report import markdown_report, write_report
 from .suite import EvalSettings, evaluate_model, write_samples_jsonl
@@ -91,8 +91,8 @@ def load_model(path: str, dtype: str):
         model = load_causal_lm_checked(path, getattr(torch, dtype))  # refuses non-causal, half-loaded
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise ModelLoadError(
-            f"could not load '{path}': {err.__class__.__name__}. Pass a local model directory, "
+        raise SystemExit(
+            f"error: could not load '{path}': {err.__class__.__name__}. Pass a local model directory, "
             "or a Hub id that is cached (the Hub is unreachable when HF_HUB_OFFLINE=1)"
         ) from None
     if tokenizer.pad_token is None:

@@ -75,7 +75,6 @@ def test_the_command_says_what_is_wrong_in_one_line(folders, tmp_path, capsys, m
         "absolute": ([f"--model=/tmp/x={folders['tied']}"], "the name '/tmp/x' is not a plain name"),
         "empty": ([f"--model==={folders['tied']}"], "the name '' is not a plain name"),
         "repeat": ([f"--model=a={folders['tied']}", f"--model=a={folders['tied']}"], "repeat"),
-        "missing": (["--model=m=/nonexistent/model"], "could not load '/nonexistent/model'"),
     }
     bad_text = tmp_path / "ppl.txt"
     bad_text.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
