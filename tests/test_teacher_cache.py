@@ -311,8 +311,14 @@ def test_a_damaged_cache_file_is_refused_by_name(tmp_path, teacher, blocks):
         attach_teacher_cache(blocks, out)
     arrow.write_bytes(original)
     attach_teacher_cache(blocks, out)  # restored: accepted again
+    state = (out / "state.json").read_bytes()
     (out / "state.json").unlink()
     with pytest.raises(TeacherCacheError, match=r"state.json is missing"):
+        attach_teacher_cache(blocks, out)
+    (out / "state.json").write_bytes(state)
+    files = {**manifest["files"], "../teacher_cache.json": manifest["files"][arrow.name]}
+    (out / MANIFEST_NAME).write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(TeacherCacheError, match=r"lists '../teacher_cache.json', outside the cache"):
         attach_teacher_cache(blocks, out)
 
 

@@ -66,6 +66,10 @@ def verify_cache_files(manifest: Mapping[str, Any], cache_dir: str | Path) -> No
             f"checked; {_REWRITE}"
         )
     for name, entry in recorded.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:  # a manifest is a file anyone can edit
+            raise TeacherCacheError(
+                f"teacher cache {cache_dir}: its manifest lists {name!r}, outside the cache; {_REWRITE}"
+            )
         path = cache_dir / name
         if not path.is_file():
             raise TeacherCacheError(f"teacher cache file {path} is missing; {_REWRITE}")
