@@ -547,3 +547,11 @@ def test_the_package_imports_without_datasets():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_python_m_distill_teacher_cache_still_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.teacher_cache", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--out OUT" in done.stdout, done.stderr
+    assert "RuntimeWarning" not in done.stderr  # the package does not import its own __main__

@@ -23,7 +23,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     try:  # the recipe's library parts; the launcher (distill.train) only until they have moved (issue 15)
         from ..recipe import parse_config, prepare_data
-    except ImportError:
+    except ModuleNotFoundError as err:
+        if err.name != "distill.recipe":
+            raise
         from ..train import parse_config, prepare_data
 
     parser = argparse.ArgumentParser(
