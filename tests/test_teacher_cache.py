@@ -549,6 +549,22 @@ def test_the_package_imports_without_datasets():
     assert done.returncode == 0, done.stderr
 
 
+def test_the_cache_command_says_what_is_wrong_in_one_line(tmp_path, monkeypatch, capsys):
+    from distill.teacher_cache.__main__ import cli
+
+    argv = ["teacher_cache", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("FAIRDISTILL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "nope.yaml" in lines[0] and lines[0].startswith("error: ")
+    assert lines[1:] == ["(set FAIRDISTILL_DEBUG=1 to see the traceback)"]
+    monkeypatch.setenv("FAIRDISTILL_DEBUG", "1")
+    with pytest.raises(ValueError, match="nope.yaml"):
+        cli()
+
+
 def test_python_m_distill_teacher_cache_still_runs():
     done = subprocess.run(
         [sys.executable, "-m", "distill.teacher_cache", "--help"], cwd=REPO, capture_output=True, text=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,11 +102,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return manifests
 
 
+DEBUG_ENV = "FAIRDISTILL_DEBUG"  # as distill.train's command line
+
+
 def cli() -> None:
+    """A user error (recipe, folder, damaged or unfit cache) is one line and exit 2; the traceback only
+    with ``FAIRDISTILL_DEBUG=1``."""
     try:
         main()
     except (ValueError, FileExistsError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"error: {err}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
         sys.exit(2)
 
 
