@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,15 +92,23 @@ class EvalSpec:
     bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if name == "holdout_fraction":
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-                if not ok:
-                    raise StudyError(f"eval: holdout_fraction must be a number in (0, 1), got {value!r}")
+        """Each value has its default's type (an int where an int is expected) and a sensible range."""
+        for spec in fields(self):
+            value, default = getattr(self, spec.name), spec.default
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
                 continue
-            low = 0 if name in ("split_seed", "bootstrap_seed", "n_bootstrap") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise StudyError(f"eval: {name} must be an integer >= {low}, got {value!r}")
+            kinds = (int,) if isinstance(default, int) else (int, float)
+            low = 0 if spec.name.endswith("seed") or spec.name == "n_bootstrap" else 1
+            if isinstance(default, float):
+                share = spec.name == "holdout_fraction"
+                ok = isinstance(value, kinds) and not isinstance(value, bool)
+                ok = ok and (0 < value < 1 if share else 0 < value < float("inf"))
+                expected = "a number in (0, 1)" if share else "a positive number"
+            else:
+                ok = isinstance(value, kinds) and not isinstance(value, bool) and value >= low
+                expected = f"an integer >= {low}"
+            if not ok:
+                raise StudyError(f"eval: {spec.name} must be {expected}, got {value!r}")
 
 
 @dataclass
