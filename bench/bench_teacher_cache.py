@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         TeacherCacheCollator,
         attach_teacher_cache,
         cached_target,
+        read_manifest,
         truncate_teacher_cache,
+        verify_cache_files,
         write_teacher_cache,
     )
 
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 manifest = truncate_teacher_cache(Path(tmp) / f"k{largest}", out, k)
             caches[k] = attach_teacher_cache(blocks, out, pair_map=pair_map, vocab_size=vocab)
+            # what checking the cache's checksums costs each time a run opens it (files in page cache)
+            clock = time.perf_counter()
+            verify_cache_files(read_manifest(out), out)
+            verify_seconds = time.perf_counter() - clock
             cf_share = manifest["counterfactual_rows"] / manifest["rows"]
             table = load_from_disk(str(out)).data.table
             groups = {
@@ -280,12 +286,14 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes": manifest["bytes"],
                 "bytes_per_token": manifest["bytes_per_token"],
                 "write_seconds": manifest["seconds"],
+                "verify_seconds_per_gb": verify_seconds / (manifest["bytes"] / 1e9),
                 "written_by": "teacher pass" if k == largest else f"truncate_teacher_cache from k={largest}",
                 "counterfactual_row_share": cf_share,
                 "gendered_tokens": manifest["gendered_tokens"],
             }
             print(
-                f"  k={k}: {manifest['bytes_per_token']:.0f} B/token, {manifest['seconds']:.1f} s",
+                f"  k={k}: {manifest['bytes_per_token']:.0f} B/token, {manifest['seconds']:.1f} s; "
+                f"checksums {verify_seconds / (manifest['bytes'] / 1e9):.2f} s/GB",
                 file=sys.stderr,
             )
         cf_share = results["storage"][args.ks[0]]["counterfactual_row_share"]
@@ -407,19 +415,19 @@ def main(argv: list[str] | None = None) -> int:
         "Storage (float16 log-probabilities, original + counterfactual view + gendered block):",
         "",
         "| k | bytes / training token (on disk) | original top-k | counterfactual top-k | gendered blocks "
-        "| cache size | written by, time |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| cache size | written by, time | checksums checked on open |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in args.ks:
         s = results["storage"][k]
         parts = " | ".join(f"{s['arrow_bytes_per_token'][group]:,.0f}" for group in COLUMN_GROUPS)
         out.append(
             f"| {k} | {s['bytes_per_token']:,.0f} | {parts} | {s['bytes'] / 1e6:.1f} MB | "
-            f"{s['written_by']}, {s['write_seconds']:.1f} s |"
+            f"{s['written_by']}, {s['write_seconds']:.1f} s | {s['verify_seconds_per_gb']:.2f} s/GB |"
         )
     out += [
         f"| dense float16 logits, for scale | {dense_fp16:,.0f} | | | | "
-        f"{dense_fp16 * tokens / 1e6:.0f} MB | |",
+        f"{dense_fp16 * tokens / 1e6:.0f} MB | | |",
         "",
         "Quality cost per token against the dense target the live teacher gives (mean KL(dense || cached) "
         "in nats, its maximum over positions, mean total variation, top-1 agreement; the cache stores the "

@@ -19,9 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from .generation import GenerationSettings, model_max_positions
+from .loading import check_model_name, load_causal_lm_checked, run_cli
 from .perplexity import DEFAULT_MAX_LENGTH_CAP, load_text_for_perplexity
 from .report import markdown_report, write_report
 from .suite import EvalSettings, evaluate_model, write_samples_jsonl
@@ -73,7 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _named(spec: str) -> tuple[str, str]:
     name, sep, path = spec.partition("=")
-    return (name, path) if sep else (Path(spec.rstrip("/")).name or spec, spec)
+    name, path = (name, path) if sep else (Path(spec.rstrip("/")).name or spec, spec)
+    return check_model_name(name, spec), path
 
 
 def _max_positions(path: str) -> int | None:
@@ -86,8 +88,8 @@ def _max_positions(path: str) -> int | None:
 
 def load_model(path: str, dtype: str):
     try:
+        model = load_causal_lm_checked(path, getattr(torch, dtype))  # refuses non-causal, half-loaded
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as err:
         raise SystemExit(
             f"error: could not load '{path}': {err.__class__.__name__}. Pass a local model directory, "
@@ -101,6 +103,9 @@ def load_model(path: str, dtype: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    names = [_named(spec)[0] for spec in args.model]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--model names {names} repeat: give each model its own NAME (--model NAME=PATH)")
     generation = GenerationSettings(
         max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, top_k=args.top_k, top_p=args.top_p,
         temperature=args.temperature, batch_size=args.batch_size, seed=args.seed,
@@ -152,5 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """``fairdistill-eval`` / ``python -m eval``: :func:`main`, a user error as one line and exit 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

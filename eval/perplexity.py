@@ -244,7 +244,10 @@ def load_text_for_perplexity(
         raise ValueError(f"max_chars must be a positive integer or None, got {max_chars!r}")
     path = Path(source).expanduser()
     if path.exists():
-        result: str | list[str] = _read_local(path, text_column)
+        try:
+            result: str | list[str] = _read_local(path, text_column)
+        except UnicodeDecodeError:
+            raise ValueError(_not_utf8(path)) from None
     elif _looks_like_path(source):
         raise FileNotFoundError(
             f"{str(path)!r} does not exist; check the path (relative paths are resolved against "
@@ -256,6 +259,17 @@ def load_text_for_perplexity(
     if not (result if isinstance(result, str) else "".join(result)).strip():
         raise ValueError(f"{source!r} contains no text (column {text_column!r}, split {split!r})")
     return result
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a file stops being UTF-8, for the error message (the decoder's offset is per chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return f"{path} is not valid UTF-8; save it as UTF-8"
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        return f"{path}, line {line}: not valid UTF-8 (byte offset {err.start}); save it as UTF-8"
 
 
 def _looks_like_path(source: str) -> bool:

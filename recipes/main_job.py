@@ -37,6 +37,7 @@ from distill.train import parse_config, run  # noqa: E402
 from eval.generation import GenerationSettings, model_max_positions  # noqa: E402
 from eval.report import markdown_report, write_report  # noqa: E402
 from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa: E402
+from fairdistill.errors import UserError, check_text_file, read_json, run_cli  # noqa: E402
 
 TRAIN_DOMAINS = ("race", "religious_ideology", "political_ideology")
 EVAL_DOMAINS = ("profession", "gender")
@@ -50,9 +51,10 @@ def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars:
     """train.jsonl and heldout.txt from BOLD Wikipedia sentences, disjoint from the evaluation prompts:
     pages that yield a profession or gender prompt are dropped, and so is any sentence that starts with
     such a prompt (the same person can sit on two pages under different names)."""
+    check_bold_folder(bold)
     eval_pages, prompts = set(), set()
     for domain in EVAL_DOMAINS:
-        by_category = json.loads((bold / "prompts" / f"{domain}_prompt.json").read_text(encoding="utf-8"))
+        by_category = read_json(bold / "prompts" / f"{domain}_prompt.json", "BOLD file")
         eval_pages |= {page for pages in by_category.values() for page in pages}
         prompts |= {p.strip() for pages in by_category.values() for ps in pages.values() for p in ps}
     lengths = {len(p.split()) for p in prompts}
@@ -63,7 +65,7 @@ def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars:
 
     train, heldout, dropped_pages, dropped_sentences = [], [], 0, 0
     for domain in TRAIN_DOMAINS:
-        wiki = json.loads((bold / "wikipedia" / f"{domain}_wiki.json").read_text(encoding="utf-8"))
+        wiki = read_json(bold / "wikipedia" / f"{domain}_wiki.json", "BOLD file")
         pages = sorted((page, lines) for by_page in wiki.values() for page, lines in by_page.items())
         for index, (page, lines) in enumerate(pages):
             if page in eval_pages:
@@ -72,6 +74,12 @@ def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars:
             kept = [s.strip() for s in lines if s.strip() and not is_prompt(s.strip())]
             dropped_sentences += sum(1 for s in lines if s.strip()) - len(kept)
             (heldout if index % heldout_every == 0 else train).extend(kept)
+    if not train or not heldout:
+        raise UserError(
+            f"BOLD folder {bold}: no {'training' if not train else 'held-out'} sentences in the "
+            f"{', '.join(TRAIN_DOMAINS)} pages once the evaluation pages are removed; use a complete BOLD "
+            "checkout, or give --text and --perplexity-text"
+        )
     random.Random(0).shuffle(train)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "train.jsonl").open("w", encoding="utf-8") as f:
@@ -87,6 +95,30 @@ def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars:
     }
 
 
+def check_bold_folder(bold: Path, *, wikipedia: bool = True) -> None:
+    """A clear error for a BOLD folder that is missing or lacks the files the main job reads (the
+    prompts, and with ``wikipedia`` the training domains' pages)."""
+    if not bold.is_dir():
+        raise UserError(
+            f"BOLD folder {bold} not found; pass --bold DIR (the folder with prompts/ and wikipedia/) or set "
+            "FAIRDISTILL_BOLD_DIR"
+        )
+    needed = [f"prompts/{d}_prompt.json" for d in EVAL_DOMAINS]
+    needed += [f"wikipedia/{d}_wiki.json" for d in TRAIN_DOMAINS] if wikipedia else []
+    missing = [name for name in needed if not (bold / name).is_file()]
+    if missing:
+        raise UserError(
+            f"BOLD folder {bold} lacks {', '.join(missing)}; pass --bold with a complete BOLD checkout"
+        )
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
@@ -100,10 +132,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument(
         "--perplexity-text", default=None, help="held-out text (default: the held-out BOLD pages)"
     )
-    parser.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps")
-    parser.add_argument("--per-category", type=int, default=8, help="BOLD prompts per profession")
-    parser.add_argument("--num-samples", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--steps", type=_positive_int, default=None, help="override the recipe's max_steps")
+    parser.add_argument("--per-category", type=_positive_int, default=8, help="BOLD prompts per profession")
+    parser.add_argument("--num-samples", type=_positive_int, default=3)
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=20)
     parser.add_argument("--n-bootstrap", type=int, default=1000)
     parser.add_argument(
         "--wandb", action="store_true", help="report the run to W&B (offline unless logged in)"
@@ -114,6 +146,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 def main(argv: Sequence[str] | None = None) -> dict:
     args, overrides = parse_args(argv)
     started = time.perf_counter()
+    if args.text is None or Path(args.bold).is_absolute() or args.bold.startswith((".", "~")):
+        check_bold_folder(Path(args.bold).expanduser(), wikipedia=args.text is None)
+    for what, path in (("--text", args.text), ("--perplexity-text", args.perplexity_text)):
+        if path is not None and (Path(path).exists() or Path(path).suffix in (".txt", ".jsonl", ".json")):
+            check_text_file(path, what)  # a local file; anything else is a Hub dataset id
     out = args.out
     say(f"[main 1/5] training text -> {out / 'data'}")
     if args.text is None:
@@ -214,4 +251,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

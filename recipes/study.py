@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from eval.polarity import unigram_polarity  # noqa: E402
 from eval.prompts import Prompt, load_bold_prompts, profession_contexts, split_prompts  # noqa: E402
 from eval.pronoun_gap import pronoun_gap  # noqa: E402
 from eval.sentiment import VADER_THRESHOLD, vader_compound  # noqa: E402
+from fairdistill.errors import UserError, check_path_name, check_text_file, read_text, run_cli  # noqa: E402
 
 TEACHER = "teacher"
 BEST = "best"  # an arm's ``perturbation: best`` is resolved on the dev prompts after the other arms ran
@@ -63,7 +64,7 @@ SELECTION_CRITERIA = ("dev_mean_equitability", "pronoun_mean_abs_gap")
 SPEC_KEYS = {"train_recipe", "train", "seeds", "arms", "select_best", "reference", "data", "eval"}
 
 
-class StudyError(ValueError):
+class StudyError(UserError):
     """A study recipe that cannot run; the message says what to change."""
 
 
@@ -90,6 +91,25 @@ class EvalSpec:
     n_bootstrap: int = 1000
     bootstrap_seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Each value has its default's type (an int where an int is expected) and a sensible range."""
+        for spec in fields(self):
+            value, default = getattr(self, spec.name), spec.default
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            kinds = (int,) if isinstance(default, int) else (int, float)
+            low = 0 if spec.name.endswith("seed") or spec.name == "n_bootstrap" else 1
+            if isinstance(default, float):
+                share = spec.name == "holdout_fraction"
+                ok = isinstance(value, kinds) and not isinstance(value, bool)
+                ok = ok and (0 < value < 1 if share else 0 < value < float("inf"))
+                expected = "a number in (0, 1)" if share else "a positive number"
+            else:
+                ok = isinstance(value, kinds) and not isinstance(value, bool) and value >= low
+                expected = f"an integer >= {low}"
+            if not ok:
+                raise StudyError(f"eval: {spec.name} must be {expected}, got {value!r}")
+
 
 @dataclass
 class StudySpec:
@@ -113,11 +133,15 @@ class StudySpec:
 
 def load_spec(path: str | Path) -> StudySpec:
     path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study recipe {path} does not exist; study recipes are recipes/study-*.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
+        raw = yaml.safe_load(read_text(path, "study recipe")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
         raise StudyError(
-            f"study recipe {path} does not exist; study recipes are recipes/study-*.yaml"
+            f"study recipe {path}{where}: not valid YAML ({getattr(err, 'problem', err)})"
         ) from None
     if not isinstance(raw, dict):
         raise StudyError(f"study recipe {path} must be a mapping, got {type(raw).__name__}")
@@ -127,6 +151,11 @@ def load_spec(path: str | Path) -> StudySpec:
     if "train_recipe" not in raw:
         raise StudyError(f"study recipe {path}: set train_recipe (the training recipe every arm shares)")
     eval_raw = raw.pop("eval", None) or {}
+    for key, kind in (("arms", dict), ("train", dict), ("select_best", dict), ("data", dict), ("eval", dict),
+                      ("seeds", list), ("train_recipe", str), ("reference", str)):  # fmt: skip
+        value = eval_raw if key == "eval" else raw.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise StudyError(f"study recipe {path}: {key} must be a {kind.__name__}, got {value!r}")
     known_eval = set(EvalSpec.__dataclass_fields__)
     if set(eval_raw) - known_eval:
         raise StudyError(f"study recipe {path}: unknown eval keys {sorted(set(eval_raw) - known_eval)}")
@@ -138,6 +167,12 @@ def load_spec(path: str | Path) -> StudySpec:
         raise StudyError(f"study recipe {path}: no arms; list them under arms: (name: overrides)")
     if TEACHER in spec.arms:
         raise StudyError(f"study recipe {path}: '{TEACHER}' is always evaluated; do not list it as an arm")
+    for name in spec.arms:  # arm names become folders under --out: runs/<arm>/, checkpoints/<arm>/
+        check_path_name(name, f"study recipe {path}: arm name", StudyError)
+    if not Path(spec.train_recipe).is_file():
+        raise StudyError(f"study recipe {path}: train_recipe {spec.train_recipe} does not exist")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in spec.seeds):
+        raise StudyError(f"study recipe {path}: seeds must be distinct integers, got {spec.seeds}")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise StudyError(f"study recipe {path}: seeds must be distinct integers, got {spec.seeds}")
     for name, overrides in spec.arms.items():
@@ -177,6 +212,10 @@ def prepare_text(spec: StudySpec, bold: str, out: Path) -> tuple[str, str, dict]
     if spec.data.get("text"):
         if not spec.data.get("perplexity_text"):
             raise StudyError("data: text is set; also set data: perplexity_text (held-out text)")
+        for key in ("text", "perplexity_text"):
+            path = Path(spec.data[key])
+            if path.exists() or path.suffix in (".txt", ".jsonl", ".json"):  # else a Hub dataset id
+                check_text_file(path, f"data: {key}")
         return spec.data["text"], spec.data["perplexity_text"], {}
     if not Path(bold).is_dir():
         raise StudyError(
@@ -271,7 +310,13 @@ def _fingerprint(payload: Any) -> str:
 
 
 def _read_yaml(path: str) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(read_text(path, "training recipe")) or {}
+    except yaml.YAMLError as err:
+        raise StudyError(f"training recipe {path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"training recipe {path} must be a mapping of settings, got {type(raw).__name__}")
+    return raw
 
 
 class Study:
@@ -852,6 +897,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args, passthrough = parse_args(argv)
     started = time.perf_counter()
     spec = load_spec(args.config)
+    if not Path(args.bold).is_dir():  # the prompts come from BOLD even when data: text is given
+        raise StudyError(
+            f"BOLD folder {args.bold} not found; pass --bold DIR (the folder with prompts/ and wikipedia/) "
+            "or set FAIRDISTILL_BOLD_DIR"
+        )
     out = args.out or REPO / "results" / Path(args.config).stem
     study = Study(spec, out, args.bold, passthrough, args.config)
     arms = args.arms if args.arms is not None else list(spec.arms)
@@ -877,8 +927,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StudyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
@@ -56,3 +61,70 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
     assert (tmp_path / "run" / "report" / "shares.png").is_file()
     printed = capsys.readouterr().out
     assert "| teacher |" in printed and "| student |" in printed and "[main 5/5]" in printed
+
+
+# ----------------------------------------------------------------------------------------------------
+# User errors: one line, what, where, what to do; exit 2 (issue 18)
+# ----------------------------------------------------------------------------------------------------
+
+
+def tiny_bold(root: Path) -> Path:
+    """A BOLD-shaped folder with one evaluation page per domain and 20 training pages per domain."""
+    for domain, page in (("profession", "Nurse_A"), ("gender", "Actor_B")):
+        body = {"category": {page: [f"{page} was known for"]}}
+        (root / "prompts").mkdir(parents=True, exist_ok=True)
+        (root / "prompts" / f"{domain}_prompt.json").write_text(json.dumps(body))
+    (root / "wikipedia").mkdir(exist_ok=True)
+    for domain in ("race", "religious_ideology", "political_ideology"):
+        pages = {f"{domain}_{i}": [f"Sentence {i} of the {domain} pages.", "Another one."] for i in range(20)}
+        (root / "wikipedia" / f"{domain}_wiki.json").write_text(json.dumps({"category": pages}, indent=1))
+    return root
+
+
+def test_bad_bold_folders_are_named_with_the_fix(tmp_path):
+    job = load_main_job()
+    bold = tiny_bold(tmp_path / "bold")
+    assert job.build_text(bold, tmp_path / "ok")["train_sentences"] == 3 * 18 * 2
+    race = bold / "wikipedia" / "race_wiki.json"
+    good = race.read_bytes()
+    lines = good.split(b"\n")
+    race.write_bytes(b"\n".join([*lines[:2], lines[2] + b"\xff", *lines[3:]]))
+    with pytest.raises(job.UserError, match=rf"BOLD file {race}, line 3: not valid UTF-8 .*save it as UTF-8"):
+        job.build_text(bold, tmp_path / "a")
+    race.write_bytes(good[:-5])
+    with pytest.raises(job.UserError, match=rf"BOLD file {race}, line \d+, column \d+: not valid JSON"):
+        job.build_text(bold, tmp_path / "b")
+    for domain in ("race", "religious_ideology", "political_ideology"):  # no training pages left
+        (bold / "wikipedia" / f"{domain}_wiki.json").write_text("{}")
+    with pytest.raises(job.UserError, match=r"no training sentences .*give --text and --perplexity-text"):
+        job.build_text(bold, tmp_path / "c")
+    race.unlink()
+    with pytest.raises(job.UserError, match=r"lacks wikipedia/race_wiki.json; pass --bold with a complete"):
+        job.build_text(bold, tmp_path / "d")
+    with pytest.raises(job.UserError, match=r"BOLD folder .*nowhere not found; pass --bold DIR"):
+        job.main(["--bold", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(job.UserError, match=rf"--text {empty} is empty"):
+        job.main(
+            ["--bold", str(tiny_bold(tmp_path / "b2")), "--text", str(empty), "--out", str(tmp_path / "f")]
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        job.main(["--steps", "0"])
+    assert exit_info.value.code == 2  # argparse: "--steps: must be >= 1, got 0"
+    assert not any((tmp_path / name).exists() for name in "abcdef")  # nothing written for bad input
+
+
+def test_main_job_command_exits_2_with_one_line_and_a_traceback_only_in_debug(tmp_path):
+    command = [sys.executable, str(REPO / "recipes" / "main_job.py"), "--bold", str(tmp_path / "nowhere"),
+               "--out", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("FAIRDISTILL_DEBUG", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: BOLD folder") and lines[1:] == [
+        "(set FAIRDISTILL_DEBUG=1 to see the traceback)"
+    ]
+    debug = subprocess.run(command, env={**env, "FAIRDISTILL_DEBUG": "1"}, capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "UserError" in debug.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,9 +18,11 @@ import yaml
 from distill.train import parse_config
 from eval import study_stats
 from eval.disparity import Scored, disparity_summary
+from fairdistill.errors import UserError
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
+ARMS = "train_recipe: recipes/tiny.yaml\narms: {{plain_kd: {{}}, {}: {{}}}}\n"
 
 
 def load_study():
@@ -213,12 +217,67 @@ def test_committed_study_recipes_load_and_every_arm_is_a_valid_training_recipe(t
             "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {per_categry: 2}\n",
             "unknown eval keys",
         ),
+        # arm names become folders under --out: nothing may lead outside it (issue 18)
+        (ARMS.format("../../../x"), r"arm name '../../../x' contains a path separator"),
+        (ARMS.format("/tmp/abs"), r"arm name '/tmp/abs' contains a path separator"),
+        (ARMS.format("'..'"), r"arm name '..' is not a plain name"),
+        (ARMS.format("''"), r"arm name '' is empty"),
+        (ARMS.format("'a\\\\b'"), r"contains a path separator"),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\nseeds: 3\n", "seeds must be a list"),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\nseeds: [0, 0.5]\n", "distinct integers"),
+        ("train_recipe: recipes/tiny.yaml\narms: [plain_kd]\n", "arms must be a dict"),
+        (
+            "train_recipe: recipes/nope.yaml\narms: {plain_kd: {}}\n",
+            "train_recipe .*nope.yaml does not exist",
+        ),
+        (
+            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {num_samples: 0}\n",
+            r"eval: num_samples must be an integer >= 1, got 0",
+        ),
+        (
+            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {holdout_fraction: 1.5}\n",
+            r"holdout_fraction must be a number in \(0, 1\)",
+        ),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}\n", r"line \d+: not valid YAML"),
     ],
 )
 def test_bad_study_recipes_name_the_fix(tmp_path, body, message):
     study = load_study()
     with pytest.raises(study.StudyError, match=message):
         study.load_spec(write(tmp_path / "study.yaml", body))
+
+
+def test_a_study_recipe_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    study = load_study()
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\n# caf\xe9\n")
+    with pytest.raises(UserError, match=rf"study recipe {path}, line 3: not valid UTF-8"):
+        study.load_spec(path)
+    text = tmp_path / "train.txt"
+    text.write_bytes(b"")
+    data = f"data: {{text: {text}, perplexity_text: {text}}}\n"
+    path.write_text(f"train_recipe: recipes/tiny.yaml\narms: {{plain_kd: {{}}}}\n{data}")
+    with pytest.raises(UserError, match=rf"data: text {text} is empty"):
+        study.prepare_text(study.load_spec(path), "unused", tmp_path)
+
+
+def test_the_study_command_refuses_bad_input_in_one_line(tmp_path, monkeypatch):
+    """Exit 2, the message and the hint, no traceback; the BOLD folder is checked before anything runs."""
+    bad = write(tmp_path / "study.yaml", ARMS.format("../../../x"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("FAIRDISTILL_DEBUG", None)
+    command = [sys.executable, str(REPO / "recipes" / "study.py"), "--config", str(bad)]
+    done = subprocess.run([*command, "--out", str(tmp_path / "o")], env=env, capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: ") and "'../../../x' contains a path separator" in lines[0]
+    assert lines[1:] == ["(set FAIRDISTILL_DEBUG=1 to see the traceback)"]
+    assert not (tmp_path / "o").exists() and not (tmp_path.parent / "x").exists()
+    good = write(tmp_path / "ok.yaml", "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\n")
+    study = load_study()
+    with pytest.raises(study.StudyError, match=r"BOLD folder /nonexistent/bold not found; pass --bold"):
+        study.main(["--config", str(good), "--bold", "/nonexistent/bold", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
 
 
 def test_dev_and_test_prompts_come_from_different_pages(bold_dir):

@@ -1,4 +1,4 @@
-"""The offline top-k teacher cache (distill/teacher_cache.py) against the live teacher it replaces.
+"""The offline top-k teacher cache (distill/teacher_cache/) against the live teacher it replaces.
 
 Real parts throughout: the real GPT-2 tokenizer and pair map, a tiny random GPT-2 teacher whose larger
 initialisation makes its next-token distributions peaked (so dropping the tail matters), blocks of text
@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -275,6 +278,82 @@ def test_a_cache_that_does_not_fit_is_refused(tmp_path, gpt2_tok, teacher, block
 
 
 # ----------------------------------------------------------------------------------------------------
+# Integrity: the stored bytes and the teacher's weights
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_a_damaged_cache_file_is_refused_by_name(tmp_path, teacher, blocks):
+    """A flipped byte loads without complaint from Arrow; the manifest's checksums catch it, and a
+    truncated file gives one clear error instead of pyarrow's."""
+    from datasets import load_from_disk
+
+    out = tmp_path / "cache"
+    manifest = write_teacher_cache(teacher, blocks, out, k=4)
+    (arrow,) = out.glob("*.arrow")
+    assert manifest["files"][arrow.name]["bytes"] == arrow.stat().st_size
+    original = arrow.read_bytes()
+    flipped = bytearray(original)
+    middle = len(flipped) // 2
+    flipped[middle : middle + 8] = bytes(b ^ 0xFF for b in flipped[middle : middle + 8])
+    arrow.write_bytes(bytes(flipped))
+    assert len(load_from_disk(str(out))) == len(blocks)  # what a reader without checksums accepts
+    with pytest.raises(TeacherCacheError, match=rf"{arrow.name} is corrupted: its SHA-256 differs.*distill"):
+        attach_teacher_cache(blocks, out)
+    with pytest.raises(TeacherCacheError, match=rf"{arrow.name} is corrupted"):
+        truncate_teacher_cache(out, tmp_path / "k2", 2)
+
+    arrow.write_bytes(original[: len(original) // 2])
+    with pytest.raises(
+        TeacherCacheError,
+        match=rf"{arrow.name} is truncated .*: {len(original) // 2} bytes, its manifest records "
+        rf"{len(original)}; rewrite it with `python -m distill.teacher_cache",
+    ):
+        attach_teacher_cache(blocks, out)
+    arrow.write_bytes(original)
+    attach_teacher_cache(blocks, out)  # restored: accepted again
+    state = (out / "state.json").read_bytes()
+    (out / "state.json").unlink()
+    with pytest.raises(TeacherCacheError, match=r"state.json is missing"):
+        attach_teacher_cache(blocks, out)
+    (out / "state.json").write_bytes(state)
+    files = {**manifest["files"], "../teacher_cache.json": manifest["files"][arrow.name]}
+    (out / MANIFEST_NAME).write_text(json.dumps({**manifest, "files": files}))
+    with pytest.raises(TeacherCacheError, match=r"lists '../teacher_cache.json', outside the cache"):
+        attach_teacher_cache(blocks, out)
+
+
+def test_the_teacher_is_identified_by_its_weights_not_its_path(tmp_path, blocks, monkeypatch):
+    from distill.teacher_cache import integrity
+
+    teacher_dir = tmp_path / "teacher"
+    make_teacher().save_pretrained(teacher_dir)
+    out = tmp_path / "cache"
+    manifest = write_teacher_cache(
+        make_teacher(), blocks, out, k=4, teacher_name=str(teacher_dir), teacher_path=teacher_dir
+    )
+    assert list(manifest["teacher_weights"]["files"]) == ["model.safetensors"]
+    hashed = []
+    real_sha256 = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path: hashed.append(Path(path)) or real_sha256(path))
+    attach_teacher_cache(blocks, out, teacher_name=str(teacher_dir))
+    assert not [p for p in hashed if teacher_dir in p.parents]  # unchanged since written: not read again
+    # the same weights at another path (and under another name): the same teacher
+    moved = tmp_path / "moved"
+    shutil.copytree(teacher_dir, moved)
+    attach_teacher_cache(blocks, out, teacher_name=str(moved))
+    assert [p.name for p in hashed if moved in p.parents] == ["model.safetensors"]
+    # new weights at the same path: refused, with the file and the reason
+    tiny_gpt2(n_layer=2, seed=7, initializer_range=0.2, **NO_DROPOUT).save_pretrained(teacher_dir)
+    with pytest.raises(
+        TeacherCacheError,
+        match=r"other teacher weights: .*teacher/model.safetensors has SHA-256 .*new weights at the same",
+    ):
+        attach_teacher_cache(blocks, out, teacher_name=str(teacher_dir))
+    with pytest.raises(FileNotFoundError, match="holds no weight file"):
+        write_teacher_cache(make_teacher(), blocks, tmp_path / "c2", k=4, teacher_path=tmp_path / "cache")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Training from the cache
 # ----------------------------------------------------------------------------------------------------
 
@@ -386,7 +465,7 @@ def test_cache_needs_its_columns_and_no_hidden_states(tmp_path, gpt2_tok, blocks
 def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
     """`python -m distill.teacher_cache` on the tiny recipe (CDA, perturbation max, an eval split), then
     `distill.train` with --teacher_cache: no teacher runs, and the losses are the live run's."""
-    from distill import teacher_cache
+    from distill.teacher_cache.__main__ import main as write_cache_of_recipe
     from distill.train import parse_config, run
 
     teacher_dir = tmp_path / "teacher"
@@ -410,10 +489,11 @@ def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
         "--disable_tqdm",
         "true",
     ]
-    manifests = teacher_cache.main(
+    manifests = write_cache_of_recipe(
         [*recipe, "--out", str(tmp_path / "cache"), "--k", str(V), "--dtype", "float32"]
     )
     assert [m["rows"] for m in manifests] == [4, 2] and all(m["counterfactual"] for m in manifests)
+    assert all(list(m["teacher_weights"]["files"]) == ["model.safetensors"] for m in manifests)
 
     live, live_metrics = run(
         parse_config([*recipe, "--max_steps", "2", "--output_dir", str(tmp_path / "live")])
@@ -451,3 +531,43 @@ def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
                 ]
             )
         )
+
+
+def test_the_package_imports_without_datasets():
+    """Reading the format or the collator needs neither ``datasets`` nor ``pyarrow`` at import time."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('datasets', 'pyarrow'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import distill.teacher_cache, distill.teacher_cache.__main__\n"
+        "from distill.teacher_cache import TeacherCacheCollator, read_manifest, write_teacher_cache\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_cache_command_says_what_is_wrong_in_one_line(tmp_path, monkeypatch, capsys):
+    from distill.teacher_cache.__main__ import cli
+
+    argv = ["teacher_cache", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("FAIRDISTILL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "nope.yaml" in lines[0] and lines[0].startswith("error: ")
+    assert lines[1:] == ["(set FAIRDISTILL_DEBUG=1 to see the traceback)"]
+    monkeypatch.setenv("FAIRDISTILL_DEBUG", "1")
+    with pytest.raises(ValueError, match="nope.yaml"):
+        cli()
+
+
+def test_python_m_distill_teacher_cache_still_runs():
+    done = subprocess.run(
+        [sys.executable, "-m", "distill.teacher_cache", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "--out OUT" in done.stdout, done.stderr
+    assert "RuntimeWarning" not in done.stderr  # the package does not import its own __main__
