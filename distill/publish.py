@@ -14,8 +14,9 @@ measure. The card with evaluation results is built above distill and eval: the c
 
 Pushing uses ``huggingface_hub``: the token comes from the ``token`` argument, ``HF_TOKEN`` or the cached
 login (``hf auth login``), in that order, and is checked before any work starts. The token is passed to
-``HfApi`` and nowhere else: it is never printed, logged or written, and the folder is scanned for it
-before anything is uploaded.
+``HfApi`` and nowhere else: it is never printed, logged or written. Before anything is uploaded the
+folder is scanned (:mod:`distill.leak_scan`) for it, any other Hugging Face token, W&B API keys and
+absolute local paths; a hit refuses the upload and names the file and line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import huggingface_hub
 import yaml
 from huggingface_hub import HfApi
 
+from .leak_scan import find_leaks, strip_local_paths_in
 from .models import SMOLLM2_ALIAS, load_causal_lm, load_tokenizer, resolve_model_path
 from .student import merge_lora as merge_lora_adapters
 from .trainer import RESOLVED_CONFIG_NAME
@@ -80,6 +82,13 @@ def _redact_tokens(config: dict[str, Any]) -> dict[str, Any]:
             value = f"<{key.upper()}>"
         redacted[key] = value
     return redacted
+
+
+def _published_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as published: tokens redacted, absolute local paths (``output_dir``, a local
+    teacher or dataset, ...) cut to ``<local: NAME>`` -- what they were on the training machine is of no
+    use to readers, and the leak scan would refuse them."""
+    return strip_local_paths_in(_redact_tokens(config))
 
 
 def _resolve_token(token: str | None) -> str:
@@ -194,7 +203,7 @@ def _write_folder(
             adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if config is not None:
             (tmp / RESOLVED_CONFIG_NAME).write_text(
-                json.dumps(_redact_tokens(config), indent=2, sort_keys=True, default=str) + "\n",
+                json.dumps(_published_config(config), indent=2, sort_keys=True, default=str) + "\n",
                 encoding="utf-8",
             )
         (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -212,15 +221,20 @@ def _write_folder(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _assert_token_absent(folder: Path, token: str) -> None:
-    """Last line of defence before an upload: no written text file may contain the token."""
-    needle = token.encode()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.endswith(".safetensors") and needle in path.read_bytes():
-            raise PublishError(
-                f"{path} contains your Hugging Face token; nothing was uploaded. Remove the token from the "
-                "training configuration and publish again."
-            )
+def _refuse_leaks(folder: Path, token: str | None, *, push: bool) -> None:
+    """Last line of defence before an upload: no file may hold a token, a W&B key or a local path
+    (:mod:`distill.leak_scan`). Refuses a push; without one, warns that a later upload would leak."""
+    leaks = find_leaks(folder, secrets=[token] if token else [])
+    if not leaks:
+        return
+    listed = "; ".join(str(leak) for leak in leaks[:10]) + ("; ..." if len(leaks) > 10 else "")
+    fix = (
+        "remove them (a token or key from the training configuration; a local path: use a Hub id or a "
+        "relative path, or --base-model HUB_ID for adapters) and publish again"
+    )
+    if push:
+        raise PublishError(f"refusing to upload {folder}: {listed}. Nothing was uploaded; {fix}.")
+    logger.warning("%s must not be uploaded as it is: %s; %s", folder, listed, fix)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -314,10 +328,10 @@ def publish(
     adapter_base = context.base_model if is_adapter and not merge_lora else None
     _write_folder(out, model, tokenizer, config, card_text, adapter_base=adapter_base)
     logger.info("wrote %s", out)
+    _refuse_leaks(out, token, push=push)
 
     if push:
         assert token is not None  # _resolve_token returned one
-        _assert_token_absent(out, token)
         api = HfApi(token=token)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
