@@ -47,9 +47,7 @@ LOCAL_PATH = re.compile(
     rf"|\bfile:///{_PATH_TAIL})"
 )
 _HF_TOKEN = re.compile(r"(?<![A-Za-z0-9_])hf_[A-Za-z0-9]{30,}")
-_WANDB_KEY = re.compile(
-    r"(?i)(?:wandb\w*key\W{0,4}|\bpassword\s+)(?:[\w.]+-)?[0-9a-f]{40}(?![0-9a-f])"
-)
+_WANDB_KEY = re.compile(r"(?i)(?:wandb\w*key\W{0,4}|\bpassword\s+)(?:[\w.]+-)?[0-9a-f]{40}(?![0-9a-f])")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .models import SMOLLM2_ALIAS
+from .run_record import TrainingSummary, read_training_summary
 from .trainer import RESOLVED_CONFIG_NAME
 
 __all__ = [
@@ -85,6 +86,7 @@ class CardParts:
     meta: dict[str, Any]  # YAML front matter
     title: list[str]  # heading and the one-paragraph description
     details: list[str]  # "## Model details" (and the license note)
+    training: list[str]  # "## Training": what the run recorded (steps, tokens, losses, versions, W&B)
     usage: list[str]  # "## How to use"
     limitations: list[str] = field(default_factory=list)  # bullets that hold for any fairdistill student
     citations: list[str] = field(default_factory=list)  # BibTeX entries
@@ -249,6 +251,102 @@ def _describe_training(config: dict[str, Any]) -> str:
     )
 
 
+def _compact(value: Any, limit: int = 24) -> str:
+    """A short, readable rendering of a recorded value (numbers to 4 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        shown = ", ".join(_compact(v, limit) for v in value[:limit])
+        return f"[{shown}{', …' if len(value) > limit else ''}]"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}: {_compact(item, limit)}" for key, item in value.items())
+    return str(value)
+
+
+def _describe_layer_selection(config: dict[str, Any]) -> str | None:
+    """How the student's layers were chosen, when the run recorded it (``student_layer_*`` keys), as
+    recorded: this module does not interpret the selection method's fields."""
+    recorded = {
+        key: value
+        for key, value in sorted(config.items())
+        if key.startswith("student_layer_") and value not in (None, "", [], {})
+    }
+    if not recorded:
+        return None
+    if len(recorded) == 1:
+        return _compact(next(iter(recorded.values())))
+    return "; ".join(f"{key}: {_compact(value)}" for key, value in recorded.items())
+
+
+def _method(config: dict[str, Any]) -> tuple[str, str]:
+    """The intervention in a few words, and what it is meant to do (an aim, not a result)."""
+    perturbation, cda = config.get("perturbation"), config.get("cda")
+    if not config:
+        return "fairdistill", "The training configuration was not found, so the method is not described."
+    if perturbation and cda:
+        how = "counterfactual role reversal and counterfactual data augmentation"
+    elif perturbation:
+        how = "counterfactual role reversal"
+    elif cda:
+        how = "counterfactual data augmentation"
+    else:
+        return "standard knowledge distillation (no gender intervention)", ""
+    return how, (
+        "The intervention aims to make the student associate professions with male and female words more "
+        "evenly than the teacher does; whether it did is a matter of measurement (see Evaluation)."
+    )
+
+
+def _training_section(summary: TrainingSummary) -> list[str]:
+    lines = ["## Training", ""]
+    rows = []
+    if summary.steps is not None:
+        planned = (
+            f" (of {summary.max_steps} planned)" if summary.max_steps not in (None, summary.steps) else ""
+        )
+        epochs = f", {summary.epochs:.3g} epochs" if summary.epochs is not None else ""
+        rows.append(("Steps", f"{summary.steps} optimizer steps{planned}{epochs}"))
+    if summary.tokens is not None:
+        how = (
+            "counted by Trainer"
+            if summary.tokens_counted
+            else "steps × sequences per step × block size; a short last batch of an epoch makes it less"
+        )
+        rows.append(("Training tokens", f"{summary.tokens:,} ({how})"))
+    if summary.num_processes is not None:
+        rows.append(("Processes", str(summary.num_processes)))
+    if summary.final_losses:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in summary.final_losses.items())
+        rows.append((f"Last logged training loss (step {summary.final_losses_step})", terms))
+    if summary.eval_losses:
+        rows.append(
+            ("Last evaluation loss", ", ".join(f"{k} {v:.4g}" for k, v in summary.eval_losses.items()))
+        )
+    if summary.wandb:
+        url, run_id = summary.wandb.get("url"), summary.wandb.get("id")
+        if isinstance(url, str) and url.startswith("https://"):
+            rows.append(("W&B run", f"[{run_id or url}]({url})"))
+        elif run_id:
+            project = summary.wandb.get("project")
+            rows.append(
+                ("W&B run", f"offline run `{run_id}` (project `{project}`), not synced when it ended")
+            )
+    versions = ", ".join(f"{name} {version}" for name, version in summary.versions.items())
+    where = (
+        "recorded by the training run"
+        if summary.versions_recorded
+        else "of the publishing machine; the run recorded none"
+    )
+    rows.append(("Framework versions", f"{versions} ({where})"))
+    if summary.steps is None:
+        lines += [
+            "No `trainer_state.json` was found beside the model, so steps and losses are not reported.",
+            "",
+        ]
+    lines += ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows), ""]
+    return lines
+
+
 def _teacher_text(ctx: CardContext) -> str:
     spec = ctx.config.get("teacher_name_or_path")
     if ctx.base_model:
@@ -306,14 +404,14 @@ def card_parts(ctx: CardContext, *, license_hint: str = "python -m fairdistill.p
         weights = "a full model (LoRA adapters merged into the teacher's weights)"
     else:
         weights = "a full model"
+    how, aim = _method(config)
     title = [
         f"# {ctx.model_name}",
         "",
-        f"{ctx.model_name} is a causal language model distilled from {teacher_text} with "
-        "[fairdistill](https://arxiv.org/abs/2203.12574)'s counterfactual role reversal (Gupta et al., "
-        "Findings of ACL 2022): during distillation the teacher's next-token predictions are made "
-        "gender-symmetric, so that the student learns to associate professions with male and female "
-        "words more evenly than the teacher does.",
+        f"{ctx.model_name} is a causal language model distilled from {teacher_text} with {how}, as "
+        "implemented by fairdistill after Gupta et al., *Mitigating Gender Bias in Distilled Language Models "
+        "via Counterfactual Role Reversal* (Findings of ACL 2022, [arXiv:2203.12574]"
+        "(https://arxiv.org/abs/2203.12574)). " + aim,
         "",
     ]
     details = [
@@ -323,11 +421,12 @@ def card_parts(ctx: CardContext, *, license_hint: str = "python -m fairdistill.p
         "|---|---|",
         f"| Teacher | {teacher_text} |",
         f"| Student | {_describe_student(config)} |",
+        *([f"| Layer selection | {selection} |"] if (selection := _describe_layer_selection(config)) else []),
         f"| Weights | {weights} |",
         f"| Teacher-prediction perturbation | {_describe_perturbation(config)} |",
         f"| Counterfactual data augmentation | {_describe_cda(config)} |",
         f"| Loss | {_describe_loss(config)} |",
-        f"| Training | {_describe_training(config)} |",
+        f"| Training setup | {_describe_training(config)} |",
         f"| Data | {_describe_data(config)} |",
         "",
         f"The full resolved training configuration is in `{RESOLVED_CONFIG_NAME}`.",
@@ -351,6 +450,7 @@ def card_parts(ctx: CardContext, *, license_hint: str = "python -m fairdistill.p
         meta=meta,
         title=title,
         details=details,
+        training=_training_section(read_training_summary(ctx.model_dir, config)),
         usage=_usage(ctx),
         limitations=limitations,
         citations=[GUPTA_2022_BIBTEX],
@@ -364,6 +464,7 @@ def training_card(ctx: CardContext) -> str:
     body = [
         *parts.title,
         *parts.details,
+        *parts.training,
         "## Evaluation",
         "",
         "**Not evaluated.** This card was written when training ended, so it reports no bias or quality "

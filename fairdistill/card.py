@@ -4,15 +4,29 @@ The card reads ``python -m eval``'s ``results.json``, so it lives above both ``d
 :func:`card_builder` turns results into the callable :func:`distill.publish.publish` calls with the
 folder's :class:`~distill.training_card.CardContext`; :func:`model_card` is the same card as a function of
 plain values.
+
+**Only what was measured.** Every comparison in the card is derived from the numbers printed next to it,
+by one rule (:func:`compare`): a metric is *better* or *worse* for the student only when both models have
+a 95% interval for it and the two intervals do not overlap; overlapping intervals read *no measurable
+difference*; a metric without an interval (today: pronoun gap, perplexity, sentiment gap) is shown with
+no verdict. Non-overlap is the conservative reading (two disjoint 95% intervals cannot be explained by
+the resampling), so the card can miss a real difference but does not claim one the data do not show.
+The intended-use paragraph repeats the headline verdict (mean equitability) and nothing else; without an
+evaluation, or without the teacher in it, the card claims no comparison at all.
+
+eval's results layout is read in one place, :func:`eval_numbers` (which the typed eval results object
+will replace).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.leak_scan import strip_local_paths
 from distill.publish import PublishError
 from distill.training_card import (
     LOCAL_FILE_SUFFIXES,
@@ -23,11 +37,12 @@ from distill.training_card import (
     render_card,
 )
 
-__all__ = ["BOLD_HUB_ID", "EvalResultsError", "card_builder", "guess_student_name", "model_card",
-           "read_eval_results"]  # fmt: skip
+__all__ = ["BOLD_HUB_ID", "EvalNumbers", "EvalResultsError", "Measure", "ModelNumbers", "card_builder",
+           "compare", "eval_numbers", "guess_student_name", "model_card", "read_eval_results"]  # fmt: skip
 
 BOLD_HUB_ID = "AlexaAI/bold"
 PUBLISH_COMMAND = "python -m fairdistill.publish_cli"
+BETTER, WORSE, NO_DIFFERENCE, NOT_COMPARED = "better", "worse", "no measurable difference", "no verdict"
 
 BOLD_BIBTEX = """\
 @inproceedings{dhamala2021bold,
@@ -46,13 +61,52 @@ class EvalResultsError(PublishError):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading eval results
+# Reading eval results: the one place that knows results.json's layout
 # ----------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
-    number = finite(value)
-    return missing if number is None else format(number, spec)
+@dataclass(frozen=True)
+class Measure:
+    """A measured number and its 95% interval (None where the evaluation computed none)."""
+
+    value: float | None
+    ci: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ModelNumbers:
+    """One evaluated model's numbers, as the card uses them."""
+
+    name: str
+    source: str | None  # what was evaluated (a path or Hub id)
+    mean_equitability: Measure
+    min_equitability: Measure
+    worst_profession: str | None
+    male: float | None
+    female: float | None
+    neutral: float | None
+    n_generations: int | None
+    n_prompts: int | None
+    pronoun_gap: Measure  # signed mean: > 0 leans male
+    pronoun_gap_abs: Measure
+    perplexity: Measure | None  # None: not measured
+    perplexity_setup: dict[str, Any]  # tokens, max_length (window), stride
+    sentiment_gap: Measure | None  # VADER positive share, actors - actresses; None: not measured
+    headline: str | None
+
+
+@dataclass(frozen=True)
+class EvalNumbers:
+    """An evaluation run: its models by name and the settings that produced the numbers."""
+
+    models: dict[str, ModelNumbers]
+    prompts: str  # "builtin", a BOLD Hub id or a local BOLD folder
+    per_category: int | None
+    n_bootstrap: Any
+    generation: dict[str, Any]
+    seed: Any
+    perplexity_text: str | None
+    command: str | None
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -62,6 +116,69 @@ def _get(mapping: Any, *keys: str) -> Any:
             return None
         mapping = mapping[key]
     return mapping
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        low, high = finite(value[0]), finite(value[1])
+        if low is not None and high is not None and low <= high:
+            return (low, high)
+    return None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def eval_numbers(results: dict[str, Any]) -> EvalNumbers:
+    """``results.json`` (``python -m eval``) as :class:`EvalNumbers`; the only reader of its layout."""
+    models = results.get("models")
+    if not isinstance(models, list) or not all(isinstance(m, dict) and "name" in m for m in models):
+        raise EvalResultsError(
+            "eval results need a 'models' list of per-model results with a 'name'; pass the results.json "
+            "written by `python -m eval --out DIR`"
+        )
+    numbers = {}
+    for entry in models:
+        overall = _get(entry, "disparity", "unigram", "overall") or {}
+        gap = entry.get("pronoun_gap") or {}
+        ppl = entry.get("perplexity")
+        vader = _get(entry, "sentiment", "vader")
+        numbers[entry["name"]] = ModelNumbers(
+            name=str(entry["name"]),
+            source=entry.get("model") if isinstance(entry.get("model"), str) else None,
+            mean_equitability=Measure(
+                finite(overall.get("mean_equitability")), _interval(_get(overall, "ci", "mean_equitability"))
+            ),
+            min_equitability=Measure(
+                finite(overall.get("min_equitability")), _interval(_get(overall, "ci", "min_equitability"))
+            ),
+            worst_profession=overall.get("worst_category"),
+            male=finite(overall.get("male")),
+            female=finite(overall.get("female")),
+            neutral=finite(overall.get("neutral")),
+            n_generations=_int(overall.get("n")),
+            n_prompts=_int(overall.get("n_prompts")),
+            pronoun_gap=Measure(finite(gap.get("mean_gap"))),
+            pronoun_gap_abs=Measure(finite(gap.get("mean_abs_gap"))),
+            perplexity=Measure(finite(ppl.get("perplexity"))) if isinstance(ppl, dict) else None,
+            perplexity_setup={k: ppl.get(k) for k in ("tokens", "max_length", "stride")}
+            if isinstance(ppl, dict)
+            else {},
+            sentiment_gap=Measure(finite(vader.get("positive_gap"))) if isinstance(vader, dict) else None,
+            headline=entry.get("headline") if isinstance(entry.get("headline"), str) else None,
+        )
+    settings = results.get("settings") or {}
+    return EvalNumbers(
+        models=numbers,
+        prompts=str(settings.get("prompts", "builtin")),
+        per_category=settings.get("per_category"),
+        n_bootstrap=settings.get("n_bootstrap", "n/a"),
+        generation=dict(settings.get("generation") or {}),
+        seed=settings.get("seed", "n/a"),
+        perplexity_text=settings.get("perplexity_text"),
+        command=results.get("command") if isinstance(results.get("command"), str) else None,
+    )
 
 
 def read_eval_results(eval_results: str | os.PathLike | dict | None) -> dict[str, Any] | None:
@@ -82,17 +199,15 @@ def read_eval_results(eval_results: str | os.PathLike | dict | None) -> dict[str
     return data
 
 
-def guess_student_name(results: dict[str, Any], model_dir: Path) -> str:
-    """Which results entry is this student: named "student", evaluated from ``model_dir``, or the only
-    non-teacher entry."""
-    models = [m for m in results.get("models") or [] if isinstance(m, dict) and "name" in m]
-    names = [m["name"] for m in models]
+def guess_student_name(numbers: EvalNumbers, model_dir: Path) -> str:
+    """Which entry is this student: named "student", evaluated from ``model_dir``, or the only entry that
+    is not "teacher"."""
+    names = list(numbers.models)
     if "student" in names:
         return "student"
-    for entry in models:
-        path = entry.get("model")
-        if isinstance(path, str) and Path(path).expanduser().resolve() == model_dir.resolve():
-            return entry["name"]
+    for entry in numbers.models.values():
+        if entry.source and Path(entry.source).expanduser().resolve() == model_dir.resolve():
+            return entry.name
     others = [n for n in names if n != "teacher"]
     if len(others) == 1:
         return others[0]
@@ -101,25 +216,61 @@ def guess_student_name(results: dict[str, Any], model_dir: Path) -> str:
     )
 
 
-def _select_entries(
-    eval_results: dict[str, Any], student_name: str, teacher_name: str | None
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    models = eval_results.get("models")
-    if not isinstance(models, list) or not all(isinstance(m, dict) and "name" in m for m in models):
+def _select(
+    numbers: EvalNumbers, student_name: str, teacher_name: str | None
+) -> tuple[ModelNumbers, ModelNumbers | None]:
+    if student_name not in numbers.models:
         raise EvalResultsError(
-            "eval results need a 'models' list of per-model results with a 'name'; pass the results.json "
-            "written by `python -m eval --out DIR`"
+            f"eval results have no model named {student_name!r} (they have {sorted(numbers.models)}); pass "
+            "the student's name with --student-name"
         )
-    by_name = {m["name"]: m for m in models}
-    if student_name not in by_name:
-        raise EvalResultsError(
-            f"eval results have no model named {student_name!r} (they have {sorted(by_name)}); pass the "
-            "student's name with --student-name"
-        )
-    teacher = by_name.get(teacher_name or "teacher")
-    if teacher is not None and teacher["name"] == student_name:
+    teacher = numbers.models.get(teacher_name or "teacher")
+    if teacher is not None and teacher.name == student_name:
         teacher = None
-    return by_name[student_name], teacher
+    return numbers.models[student_name], teacher
+
+
+# ----------------------------------------------------------------------------------------------------
+# Comparing: the card's one rule
+# ----------------------------------------------------------------------------------------------------
+
+
+def _distance_from_zero(measure: Measure) -> Measure:
+    """|value| and the interval of |x| for x in the interval (for metrics whose ideal is 0)."""
+    value = None if measure.value is None else abs(measure.value)
+    if measure.ci is None:
+        return Measure(value)
+    low, high = measure.ci
+    lowest = 0.0 if low <= 0.0 <= high else min(abs(low), abs(high))
+    return Measure(value, (lowest, max(abs(low), abs(high))))
+
+
+def compare(student: Measure | None, teacher: Measure | None, *, better: str) -> str:
+    """The student's verdict against the teacher: ``better``/``worse`` when both 95% intervals exist and
+    do not overlap, ``no measurable difference`` when they overlap, ``no verdict`` otherwise.
+
+    ``better``: ``"higher"``, ``"lower"`` or ``"closer to 0"`` (compared as distances from 0).
+    """
+    if student is None or teacher is None or student.ci is None or teacher.ci is None:
+        return NOT_COMPARED
+    if better == "closer to 0":
+        student, teacher, better = _distance_from_zero(student), _distance_from_zero(teacher), "lower"
+    (s_low, s_high), (t_low, t_high) = student.ci, teacher.ci
+    if s_low > t_high:
+        return BETTER if better == "higher" else WORSE
+    if s_high < t_low:
+        return WORSE if better == "higher" else BETTER
+    return NO_DIFFERENCE
+
+
+# The metrics the card compares: label, how to read the student/teacher value, which way is better.
+_COMPARED = [
+    ("mean equitability (gender balance over professions; 1 = parity)", "mean_equitability", "higher"),
+    ("min equitability (worst profession)", "min_equitability", "higher"),
+    ("pronoun gap, mean absolute", "pronoun_gap_abs", "lower"),
+    ("perplexity", "perplexity", "lower"),
+    ("VADER positive gap, actors − actresses", "sentiment_gap", "closer to 0"),
+]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -127,14 +278,26 @@ def _select_entries(
 # ----------------------------------------------------------------------------------------------------
 
 
-def _bold_dataset(settings: dict[str, Any]) -> dict[str, str]:
-    if settings.get("prompts", "builtin") == "builtin":
+def _fmt(value: Any, spec: str, missing: str = "n/a") -> str:
+    number = finite(value)
+    return missing if number is None else format(number, spec)
+
+
+def _fmt_measure(measure: Measure | None, spec: str) -> str:
+    if measure is None or measure.value is None:
+        return "n/a"
+    ci = f" [{measure.ci[0]:{spec}}, {measure.ci[1]:{spec}}]" if measure.ci else ""
+    return f"{measure.value:{spec}}{ci}"
+
+
+def _bold_dataset(numbers: EvalNumbers) -> dict[str, str]:
+    if numbers.prompts == "builtin":
         return {"name": "fairdistill built-in profession prompts", "type": "fairdistill-profession-prompts"}
     return {"name": "BOLD (profession domain)", "type": BOLD_HUB_ID}
 
 
-def _perplexity_dataset(settings: dict[str, Any]) -> dict[str, str]:
-    source = settings.get("perplexity_text")
+def _perplexity_dataset(numbers: EvalNumbers) -> dict[str, str]:
+    source = numbers.perplexity_text
     if not isinstance(source, str) or not source:
         return {"name": "held-out text", "type": "text"}
     path = Path(source).expanduser()
@@ -147,36 +310,34 @@ def _perplexity_dataset(settings: dict[str, Any]) -> dict[str, str]:
     return dataset
 
 
-def _metric(type_: str, value: Any, name: str) -> dict[str, Any] | None:
-    number = finite(value)
-    return None if number is None else {"type": type_, "value": number, "name": name}
+def _metric(type_: str, measure: Measure | None, name: str) -> dict[str, Any] | None:
+    if measure is None or measure.value is None:
+        return None
+    return {"type": type_, "value": measure.value, "name": name}
 
 
-def _model_index(model_name: str, student: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _model_index(model_name: str, student: ModelNumbers, numbers: EvalNumbers) -> list[dict[str, Any]]:
     """The Hub's ``model-index``: one result per dataset the numbers come from, finite numbers only."""
     task = {"type": "text-generation", "name": "Text Generation"}
-    overall = _get(student, "disparity", "unigram", "overall") or {}
-    gap = student.get("pronoun_gap") or {}
-    ppl = student.get("perplexity") or {}
     groups = [
         (
-            _bold_dataset(settings),
+            _bold_dataset(numbers),
             [
-                _metric("mean_equitability", overall.get("mean_equitability"),
+                _metric("mean_equitability", student.mean_equitability,
                         "Mean equitability ratio over professions (1 = parity)"),
-                _metric("min_equitability", overall.get("min_equitability"),
+                _metric("min_equitability", student.min_equitability,
                         "Min equitability ratio over professions"),
             ],
         ),
         (
             {"name": "fairdistill templated profession contexts", "type": "fairdistill-profession-contexts"},
             [
-                _metric("pronoun_gap", gap.get("mean_gap"),
+                _metric("pronoun_gap", student.pronoun_gap,
                         "Pronoun gap, mean log P(he) - log P(she) (0 = parity)"),
-                _metric("pronoun_gap_abs", gap.get("mean_abs_gap"), "Pronoun gap, mean absolute"),
+                _metric("pronoun_gap_abs", student.pronoun_gap_abs, "Pronoun gap, mean absolute"),
             ],
         ),
-        (_perplexity_dataset(settings), [_metric("perplexity", ppl.get("perplexity"), "Perplexity")]),
+        (_perplexity_dataset(numbers), [_metric("perplexity", student.perplexity, "Perplexity")]),
     ]  # fmt: skip
     results = []
     for dataset, metrics in groups:
@@ -191,36 +352,68 @@ def _model_index(model_name: str, student: dict[str, Any], settings: dict[str, A
 # ----------------------------------------------------------------------------------------------------
 
 
-def _table_row(entry: dict[str, Any], label: str) -> str:
-    overall = _get(entry, "disparity", "unigram", "overall") or {}
-    ci = _get(overall, "ci", "mean_equitability")
-    ci_text = ""
-    if isinstance(ci, list) and len(ci) == 2:
-        ci_text = f" [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]"
-    worst = overall.get("worst_category")
-    min_eq = _fmt(overall.get("min_equitability"), ".2f")
-    shares = " / ".join(_fmt(overall.get(k), ".1%") for k in ("male", "female", "neutral"))
-    gap = entry.get("pronoun_gap") or {}
-    vader = _get(entry, "sentiment", "vader", "positive_gap")
+def _table_row(entry: ModelNumbers, label: str) -> str:
+    worst = f" ({entry.worst_profession})" if entry.worst_profession else ""
+    shares = " / ".join(_fmt(v, ".1%") for v in (entry.male, entry.female, entry.neutral))
+    sentiment = _fmt(entry.sentiment_gap.value if entry.sentiment_gap else None, "+.1%")
     return (
-        f"| {label} | {_fmt(overall.get('mean_equitability'), '.2f')}{ci_text} "
-        f"| {min_eq}{f' ({worst})' if worst else ''} | {shares} "
-        f"| {_fmt(gap.get('mean_gap'), '+.2f')} / {_fmt(gap.get('mean_abs_gap'), '.2f')} "
-        f"| {_fmt(_get(entry, 'perplexity', 'perplexity'), '.2f')} | {_fmt(vader, '+.1%')} |"
+        f"| {label} | {_fmt_measure(entry.mean_equitability, '.2f')} "
+        f"| {_fmt(entry.min_equitability.value, '.2f')}{worst} | {shares} "
+        f"| {_fmt(entry.pronoun_gap.value, '+.2f')} / {_fmt(entry.pronoun_gap_abs.value, '.2f')} "
+        f"| {_fmt(entry.perplexity.value if entry.perplexity else None, '.2f')} | {sentiment} |"
     )
 
 
+def _verdicts(student: ModelNumbers, teacher: ModelNumbers | None) -> list[tuple[str, str, str]]:
+    """(label, verdict, the numbers it comes from) for every compared metric either model has."""
+    rows = []
+    for label, attr, better in _COMPARED:
+        mine, theirs = getattr(student, attr), getattr(teacher, attr) if teacher else None
+        if (mine is None or mine.value is None) and (theirs is None or theirs.value is None):
+            continue
+        spec = "+.1%" if attr == "sentiment_gap" else ".2f"
+        numbers = f"this model {_fmt_measure(mine, spec)}, teacher {_fmt_measure(theirs, spec)}"
+        rows.append((f"{label} ({better} is better)", compare(mine, theirs, better=better), numbers))
+    return rows
+
+
+def _comparison_lines(student: ModelNumbers, teacher: ModelNumbers | None) -> list[str]:
+    if teacher is None:
+        return [
+            "**No comparison.** The teacher was not evaluated alongside this model, so the card compares "
+            "nothing; the numbers above stand on their own.",
+            "",
+        ]
+    lines = [
+        "**Compared with the teacher** (better / worse only where both 95% intervals exist and do not "
+        "overlap; overlapping intervals: no measurable difference; no interval: no verdict):",
+        "",
+    ]
+    for label, verdict, numbers in _verdicts(student, teacher):
+        why = f"{numbers}; no interval, so no verdict" if verdict == NOT_COMPARED else numbers
+        lines.append(f"- {label}: **{verdict}** ({why})")
+    return lines + [""]
+
+
+def headline_verdict(student: ModelNumbers | None, teacher: ModelNumbers | None) -> str | None:
+    """The verdict on mean equitability, the card's headline bias measure; None without a comparison."""
+    if student is None or teacher is None:
+        return None
+    return compare(student.mean_equitability, teacher.mean_equitability, better="higher")
+
+
 def _evaluation_section(
-    eval_results: dict[str, Any] | None,
-    student: dict[str, Any] | None,
-    teacher: dict[str, Any] | None,
+    numbers: EvalNumbers | None,
+    student: ModelNumbers | None,
+    teacher: ModelNumbers | None,
     teacher_ref: str,
 ) -> list[str]:
     lines = ["## Evaluation", ""]
-    if student is None or eval_results is None:
+    if student is None or numbers is None:
         return lines + [
             "**Not evaluated.** No evaluation results were given when this card was written, so it reports "
-            "no numbers. To measure gender disparity and perplexity against the teacher, run",
+            "no numbers and makes no claim about bias or quality. To measure gender disparity and "
+            "perplexity against the teacher, run",
             "",
             "```bash",
             f"python -m eval --model teacher={teacher_ref} --model student=PATH_TO_THIS_MODEL \\",
@@ -231,9 +424,7 @@ def _evaluation_section(
             f"and republish with `{PUBLISH_COMMAND} ... --eval-results runs/eval/results.json`.",
             "",
         ]
-    settings = eval_results.get("settings") or {}
-    gen = settings.get("generation") or {}
-    overall = _get(student, "disparity", "unigram", "overall") or {}
+    gen = numbers.generation
     lines += [
         "| model | mean equitability (95% CI; 1 = parity) | min equitability (worst profession) "
         "| male / female / neutral generations | pronoun gap mean / mean abs | perplexity "
@@ -241,48 +432,74 @@ def _evaluation_section(
         "|---|---|---|---|---|---|---|",
     ]
     if teacher is not None:
-        label = "teacher" if teacher["name"] == "teacher" else f"teacher ({teacher['name']})"
+        label = "teacher" if teacher.name == "teacher" else f"teacher ({teacher.name})"
         lines.append(_table_row(teacher, label))
-    lines += [_table_row(student, f"**this model** ({student['name']})"), ""]
-    n_prompts, n_generations = overall.get("n_prompts"), overall.get("n")
-    if settings.get("prompts", "builtin") == "builtin":
-        prompts = f"{n_prompts or 'the'} built-in fairdistill profession prompts"
+    lines += [_table_row(student, f"**this model** ({student.name})"), ""]
+    lines += _comparison_lines(student, teacher)
+    if numbers.prompts == "builtin":
+        prompts = f"{student.n_prompts or 'the'} built-in fairdistill profession prompts"
     else:
-        source = BOLD_HUB_ID if settings.get("prompts") == BOLD_HUB_ID else "a local copy of BOLD"
-        per = settings.get("per_category")
-        per = "all prompts" if per is None else f"{per} per profession"
-        prompts = f"{n_prompts or 'the'} BOLD profession-domain prompts ({per}, from {source})"
-    size = f"{n_generations} " if n_generations else ""
+        source = BOLD_HUB_ID if numbers.prompts == BOLD_HUB_ID else "a local copy of BOLD"
+        per = "all prompts" if numbers.per_category is None else f"{numbers.per_category} per profession"
+        prompts = f"{student.n_prompts or 'the'} BOLD profession-domain prompts ({per}, from {source})"
+    size = f"{student.n_generations} " if student.n_generations else ""
     lines += [
         f"- **Gender disparity**: {size}continuations of {prompts}, labelled male / female / neutral by "
         "BOLD's unigram gender polarity. Equitability per profession = min(f/m, m/f) of the female and "
         "male shares; the mean is over professions, with a "
-        f"{settings.get('n_bootstrap', 'n/a')}-resample bootstrap 95% CI over prompts.",
+        f"{numbers.n_bootstrap}-resample bootstrap 95% CI over prompts.",
         f"- **Sampling**: {gen.get('num_samples', 'n/a')} samples per prompt, "
         f"top-k {gen.get('top_k', 'n/a')}, top-p {gen.get('top_p', 'n/a')}, "
         f"temperature {gen.get('temperature', 'n/a')}, {gen.get('max_new_tokens', 'n/a')} new tokens, "
-        f"seed {gen.get('seed', settings.get('seed', 'n/a'))}.",
+        f"seed {gen.get('seed', numbers.seed)}.",
         "- **Pronoun gap**: mean of log P(he, him, his) − log P(she, her) for the next token after templated "
         "profession contexts (> 0 leans male, 0 = parity).",
     ]
-    ppl = student.get("perplexity")
-    if isinstance(ppl, dict):
-        dataset = _perplexity_dataset(settings)
+    if student.perplexity is not None:
+        setup = student.perplexity_setup
         lines.append(
-            f"- **Perplexity**: strided, token-weighted, on {dataset['name']}: "
-            f"{ppl.get('tokens', 'n/a')} tokens, window {ppl.get('max_length', 'n/a')}, "
-            f"stride {ppl.get('stride', 'n/a')}; lower is better."
+            f"- **Perplexity**: strided, token-weighted, on {_perplexity_dataset(numbers)['name']}: "
+            f"{setup.get('tokens', 'n/a')} tokens, window {setup.get('max_length', 'n/a')}, "
+            f"stride {setup.get('stride', 'n/a')}; lower is better."
         )
     else:
         lines.append("- **Perplexity**: not measured in this evaluation.")
-    if _get(student, "sentiment", "vader") is not None:
+    if student.sentiment_gap is not None:
         lines.append(
             "- **Sentiment gap**: share of VADER-positive continuations of BOLD's American_actors prompts "
             "minus that of American_actresses."
         )
-    if student.get("headline"):
-        lines += ["", f"Summary for this model: {student['headline']}"]
+    if numbers.command:
+        lines += ["", "The evaluation command (local paths cut to their last component):", "", "```bash",
+                  strip_local_paths(numbers.command), "```"]  # fmt: skip
+    if student.headline:
+        lines += ["", f"Summary for this model: {strip_local_paths(student.headline)}"]
     return lines + [""]
+
+
+def _intended_use(verdict: str | None) -> list[str]:
+    """States the headline verdict, and only that; nothing when there was no comparison."""
+    claim = {
+        BETTER: "On this evaluation its generations were measurably more gender-balanced than the "
+        "teacher's (mean equitability, non-overlapping 95% intervals), so it can serve as a less "
+        "gender-skewed drop-in for the teacher in English text-generation experiments.",
+        WORSE: "On this evaluation its generations were measurably *less* gender-balanced than the "
+        "teacher's (mean equitability, non-overlapping 95% intervals): it is not a less biased "
+        "replacement for the teacher.",
+        NO_DIFFERENCE: "This evaluation found no measurable difference in gender balance between it and "
+        "the teacher (overlapping 95% intervals of mean equitability).",
+        NOT_COMPARED: "The evaluation gave no interval for the teacher's or this model's mean equitability, "
+        "so the card does not compare their gender balance.",
+    }.get(verdict or "", "")
+    return [
+        "## Intended use",
+        "",
+        "Research on gender bias in language generation and on fairness-aware knowledge distillation. "
+        + (claim + " " if claim else "")
+        + "It is not intended for decisions about people (hiring, lending, moderation, ...), and lower "
+        "measured disparity is not a certificate of fairness.",
+        "",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,31 +509,26 @@ def _evaluation_section(
 
 def build_card(
     ctx: CardContext,
-    eval_results: dict[str, Any] | None,
+    eval_results: dict[str, Any] | EvalNumbers | None,
     *,
     student_name: str = "student",
     teacher_name: str | None = None,
 ) -> str:
     """The card for ``ctx``'s student with the numbers of ``eval_results`` (None: "Not evaluated")."""
+    numbers = eval_numbers(eval_results) if isinstance(eval_results, dict) else eval_results
     student = teacher = None
-    if eval_results is not None:
-        student, teacher = _select_entries(eval_results, student_name, teacher_name)
+    if numbers is not None:
+        student, teacher = _select(numbers, student_name, teacher_name)
     parts = card_parts(ctx, license_hint=PUBLISH_COMMAND)
     meta = parts.meta
-    if student is not None:
-        index = _model_index(ctx.model_name, student, (eval_results or {}).get("settings") or {})
+    if student is not None and numbers is not None:
+        index = _model_index(ctx.model_name, student, numbers)
         if index:
             meta["model-index"] = index
-    body = [*parts.title, *parts.details]
-    body += _evaluation_section(eval_results, student, teacher, parts.teacher_ref)
+    body = [*parts.title, *parts.details, *parts.training]
+    body += _evaluation_section(numbers, student, teacher, parts.teacher_ref)
+    body += _intended_use(headline_verdict(student, teacher))
     body += [
-        "## Intended use",
-        "",
-        "Research on gender bias in language generation and on fairness-aware knowledge distillation, and a "
-        "smaller, comparatively less gender-skewed drop-in for the teacher in English text generation "
-        "experiments. It is not intended for decisions about people (hiring, lending, moderation, ...), and "
-        "lower measured disparity is not a certificate of fairness.",
-        "",
         "## Limitations and bias",
         "",
         *parts.limitations,
@@ -328,8 +540,7 @@ def build_card(
         "- **Other biases are untouched.** Only gender was targeted. The model still reflects whatever "
         "race, religion, political and other biases the teacher and the training text carry, and it can "
         "generate stereotyped, offensive or false text.",
-        "- **Utility.** Distilled students usually have higher perplexity than their teachers; see the "
-        "table. The teacher's own limitations and license apply to this model too.",
+        "- **The teacher's own limitations and license apply to this model too.**",
         "",
         *parts.usage,
         "## Citation",
@@ -400,11 +611,12 @@ def card_builder(
     the only entry that is not ``"teacher"``.
     """
     results = read_eval_results(eval_results)
+    numbers = eval_numbers(results) if results is not None else None
 
     def build(ctx: CardContext) -> str:
         name = student_name
-        if results is not None and name is None:
-            name = guess_student_name(results, ctx.model_dir) if ctx.model_dir is not None else "student"
-        return build_card(ctx, results, student_name=name or "student", teacher_name=teacher_name)
+        if numbers is not None and name is None:
+            name = guess_student_name(numbers, ctx.model_dir) if ctx.model_dir is not None else "student"
+        return build_card(ctx, numbers, student_name=name or "student", teacher_name=teacher_name)
 
     return build
