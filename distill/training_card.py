@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .leak_scan import strip_local_paths
 from .models import SMOLLM2_ALIAS
 from .run_record import TrainingSummary, read_training_summary
 from .trainer import RESOLVED_CONFIG_NAME
@@ -147,9 +148,11 @@ def parse_model_card(text: str) -> tuple[dict[str, Any], str]:
 
 
 def render_card(meta: dict[str, Any], body: list[str]) -> str:
-    """YAML front matter and a Markdown body, as the Hub reads them."""
+    """YAML front matter and a Markdown body, as the Hub reads them, with every absolute local path cut
+    to its last component: whatever a description quotes from the config (a local student, a recorded
+    layer-selection source), the card never shows the training machine's paths."""
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    return f"---\n{front}---\n\n" + "\n".join(body)
+    return strip_local_paths(f"---\n{front}---\n\n" + "\n".join(body))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -282,7 +285,7 @@ def _method(config: dict[str, Any]) -> tuple[str, str]:
     """The intervention in a few words, and what it is meant to do (an aim, not a result)."""
     perturbation, cda = config.get("perturbation"), config.get("cda")
     if not config:
-        return "fairdistill", "The training configuration was not found, so the method is not described."
+        return "a method this card cannot describe (the run's configuration was not found)", ""
     if perturbation and cda:
         how = "counterfactual role reversal and counterfactual data augmentation"
     elif perturbation:

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.leak_scan import strip_local_paths
 from distill.publish import PublishError
 from distill.training_card import (
     LOCAL_FILE_SUFFIXES,
@@ -470,10 +469,10 @@ def _evaluation_section(
             "minus that of American_actresses."
         )
     if numbers.command:
-        lines += ["", "The evaluation command (local paths cut to their last component):", "", "```bash",
-                  strip_local_paths(numbers.command), "```"]  # fmt: skip
+        note = "The evaluation command (the card cuts local paths to their last component):"
+        lines += ["", note, "", "```bash", numbers.command, "```"]
     if student.headline:
-        lines += ["", f"Summary for this model: {strip_local_paths(student.headline)}"]
+        lines += ["", f"Summary for this model: {student.headline}"]
     return lines + [""]
 
 

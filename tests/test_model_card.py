@@ -98,10 +98,14 @@ def test_compare_rule():
 def test_local_paths_never_reach_the_card():
     results = _results(student_model="/home/alice/runs/student")
     results["command"] = "python -m eval --model teacher=gpt2 --model student=/home/alice/runs/student"
-    local = dict(CONFIG, teacher_name_or_path="/home/alice/teacher", dataset_name="/data/web/corpus.txt")
+    local = dict(
+        CONFIG, teacher_name_or_path="/home/alice/teacher", dataset_name="/data/web/corpus.txt",
+        student_init="pretrained", student_name_or_path="/Users/bob/small-lm",
+    )  # fmt: skip
     card = model_card(local, results, base_model=None)
-    assert "/home/alice" not in card and "/data/web" not in card
+    assert "/home/alice" not in card and "/data/web" not in card and "/Users/bob" not in card
     assert "student=<local: student>" in card and "`teacher` (a local checkpoint)" in card
+    assert "the pretrained model `<local: small-lm>`" in card
 
 
 def test_layer_selection_is_rendered_when_recorded():
