@@ -53,12 +53,14 @@ def _wandb_run() -> dict[str, Any] | None:
     run = getattr(wandb, "run", None) if wandb is not None else None
     if run is None:
         return None
+    # getattr throughout: a W&B API change must not fail a run that has finished training
+    settings = getattr(run, "settings", None)
     return {
-        "id": run.id,
-        "project": run.project,
-        "entity": run.entity or None,
-        "url": run.url,  # None for offline runs: there is no link until `wandb sync`
-        "offline": bool(run.settings.mode == "offline"),
+        "id": getattr(run, "id", None),
+        "project": getattr(run, "project", None),
+        "entity": getattr(run, "entity", None) or None,
+        "url": getattr(run, "url", None),  # None for offline runs: there is no link until `wandb sync`
+        "offline": getattr(settings, "mode", None) == "offline",
     }
 
 

@@ -320,7 +320,8 @@ def _training_section(summary: TrainingSummary) -> list[str]:
         rows.append(("Processes", str(summary.num_processes)))
     if summary.final_losses:
         terms = ", ".join(f"{k} {v:.4g}" for k, v in summary.final_losses.items())
-        rows.append((f"Last logged training loss (step {summary.final_losses_step})", terms))
+        step = f" (step {summary.final_losses_step})" if summary.final_losses_step is not None else ""
+        rows.append((f"Last logged training loss{step}", terms))
     if summary.eval_losses:
         rows.append(
             ("Last evaluation loss", ", ".join(f"{k} {v:.4g}" for k, v in summary.eval_losses.items()))

@@ -480,8 +480,8 @@ def _intended_use(verdict: str | None) -> list[str]:
     """States the headline verdict, and only that; nothing when there was no comparison."""
     claim = {
         BETTER: "On this evaluation its generations were measurably more gender-balanced than the "
-        "teacher's (mean equitability, non-overlapping 95% intervals), so it can serve as a less "
-        "gender-skewed drop-in for the teacher in English text-generation experiments.",
+        "teacher's (mean equitability, non-overlapping 95% intervals): less gender-skewed on these "
+        "prompts. Check its perplexity in the table before using it in the teacher's place.",
         WORSE: "On this evaluation its generations were measurably *less* gender-balanced than the "
         "teacher's (mean equitability, non-overlapping 95% intervals): it is not a less biased "
         "replacement for the teacher.",
