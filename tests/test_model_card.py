@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import distill.publish as publish_module
 from distill.train import main as train_main
 from distill.training_card import parse_model_card
 from fairdistill.card import BETTER, NO_DIFFERENCE, NOT_COMPARED, WORSE, Measure, compare, model_card
@@ -135,20 +134,24 @@ def test_wandb_link_from_the_run_record(tmp_path):
     assert "torch 2.x (recorded by the training run)" in body
 
 
-def test_real_tiny_run_is_published_with_its_training_summary(tmp_path, fake_hub):  # noqa: F811
-    """distill.train records the run; distill.publish's training-only card (what --push_to_hub uses)
-    reports it, claims nothing about bias, and the whole folder passes the leak scan."""
+def test_real_tiny_run_is_published_with_its_training_summary(tmp_path, fake_hub, monkeypatch):  # noqa: F811
+    """distill.train --push_to_hub records the run and publishes it with the training-only card, which
+    reports the run, claims nothing about bias, and passes the leak scan."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
     teacher = tmp_path / "teacher"
     tiny_gpt2(n_layer=2, n_embd=32, seed=1).save_pretrained(teacher)
     gpt2_tokenizer().save_pretrained(teacher)
     run = tmp_path / "run"
     train_main(
         ["--config", str(REPO / "recipes/tiny.yaml"), "--teacher_name_or_path", str(teacher),
-         "--output_dir", str(run), "--max_steps", "2", "--use_cpu", "true", "--disable_tqdm", "true"]
+         "--output_dir", str(run), "--max_steps", "2", "--use_cpu", "true", "--disable_tqdm", "true",
+         "--push_to_hub", "true", "--hub_model_id", "me/tiny"]
     )  # fmt: skip
     assert (run / "trainer_state.json").is_file() and (run / "training_run.json").is_file()
-    out = publish_module.publish(run, tmp_path / "out", repo_id="me/tiny", push=True, token=TOKEN)
+    out = run / "publish"  # publish's default folder
     (api,) = fake_hub.instances  # the leak scan let the folder through
+    assert api.calls[0] == ("create_repo", {"repo_id": "me/tiny", "private": False, "exist_ok": True,
+                                            "repo_type": "model"})  # fmt: skip
     meta, body = parse_model_card(api.uploaded["README.md"].decode())
     assert meta["tags"][0] == "fairdistill" and "base_model" not in meta  # a local teacher
     assert "| Steps | 2 optimizer steps" in body
