@@ -34,6 +34,7 @@ __all__ = [
     "SMOLLM2_PACKAGE",
     "SOURCE_MANIFEST",
     "convert_gguf_to_safetensors",
+    "ensure_pad_token",
     "fairdistill_cache_dir",
     "load_causal_lm",
     "load_tokenizer",
@@ -238,9 +239,18 @@ def load_tokenizer(
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = _from_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code, **kwargs)
-    if tokenizer.pad_token is None:
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token its EOS as pad token (see :func:`load_tokenizer` for why
+    that is safe); returns the same tokenizer."""
+    if getattr(tokenizer, "pad_token", None) is None:
         if tokenizer.eos_token is None:
-            logger.warning("tokenizer %r has neither a pad nor an eos token; set tokenizer.pad_token", name)
+            logger.warning(
+                "tokenizer %r has neither a pad nor an eos token; set tokenizer.pad_token",
+                getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+            )
         else:
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

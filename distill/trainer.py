@@ -25,7 +25,7 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, Trainer, TrainerCallback
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 try:  # transformers >= 4.56: caches made of per-layer objects
     from transformers.cache_utils import DynamicLayer
@@ -43,8 +43,9 @@ from .losses import (
     role_reversal,
     role_reversal_reference,
 )
-from .models import resolve_dtype
+from .models import ensure_pad_token, resolve_dtype
 from .teacher_cache import TeacherCacheCollator, cached_teacher_targets, has_teacher_cache
+from .trainer_data import prepare_dataset
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 
@@ -266,7 +267,12 @@ class CounterfactualDistillationTrainer(Trainer):
         args: a :class:`DistillationConfig`.
         pair_map: the token swap; built from ``processing_class`` when ``args.perturbation`` is set
             and none is given.
-        processing_class: the tokenizer (teacher and student must share it).
+        processing_class: the tokenizer (teacher and student must share it). One without a pad token
+            gets its EOS token as pad token.
+        train_dataset, eval_dataset: tokenized blocks, or a ``datasets.Dataset`` of raw text
+            (``args.text_column``) or of chat ``messages``, which the trainer augments (``args.cda``,
+            training split only), tokenizes and packs itself (``args.block_size``); see
+            :mod:`distill.trainer_data`.
         Other keyword arguments go to ``transformers.Trainer``.
     """
 
@@ -300,6 +306,11 @@ class CounterfactualDistillationTrainer(Trainer):
                 f"the pair map covers {pair_map.vocab_size} tokens but the teacher has {teacher_vocab}; "
                 "build it with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
             )
+        if isinstance(processing_class, PreTrainedTokenizerBase):
+            # the default collator pads, and refuses a tokenizer without a pad token (GPT-2's has none)
+            ensure_pad_token(processing_class)
+        for key, is_train in (("train_dataset", True), ("eval_dataset", False)):  # text in: see trainer_data
+            kwargs[key] = prepare_dataset(kwargs.get(key), processing_class, args, train=is_train)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [SaveResolvedConfigCallback()]
         # Trainer's default collator, plus tensors for teacher-cache columns when a dataset carries them
         kwargs["data_collator"] = kwargs.get("data_collator") or TeacherCacheCollator(processing_class)
