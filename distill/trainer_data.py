@@ -94,8 +94,8 @@ class _RenderChat:
         self.text_column = text_column
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[str]]:
-        chats = batch[MESSAGES_COLUMN]
-        return {self.text_column: [self.tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]}
+        render = self.tokenizer.apply_chat_template
+        return {self.text_column: [render(chat, tokenize=False) for chat in batch[MESSAGES_COLUMN]]}
 
 
 def render_chats(

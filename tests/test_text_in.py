@@ -91,11 +91,8 @@ def test_readme_example_distils_chat_messages(models, tmp_path, monkeypatch):
     code = readme_example()
     dataset_line = next(line for line in code.splitlines() if line.startswith("dataset = "))
     # the same lines, with a dataset of chat messages and a tokenizer that has a chat template
-    code = code.replace(
-        dataset_line,
-        f"dataset = Dataset.from_dict({{'messages': {chats!r}}})\n"
-        f"tokenizer.chat_template = {CHATML!r}",
-    )
+    chat_data = f"dataset = Dataset.from_dict({{'messages': {chats!r}}})"
+    code = code.replace(dataset_line, f"{chat_data}\ntokenizer.chat_template = {CHATML!r}")
     code = "from datasets import Dataset\n" + code.replace("block_size=128", "block_size=32")
     ns = run_example(code, models, tmp_path, monkeypatch)
     blocks = ns["trainer"].train_dataset
