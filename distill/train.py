@@ -161,6 +161,12 @@ def attach_cached_targets(
     return dataclasses.replace(data, train=train, eval=eval_), pair_map
 
 
+def say(config: DistillationConfig, message: str) -> None:
+    """Print on the main process only: a run's progress line once, not once per DDP process."""
+    if config.process_index == 0:
+        print(message, flush=True)
+
+
 def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
     """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
     eval metrics."""
@@ -181,13 +187,14 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         if config.teacher_cache is None
         else f"cached in {config.teacher_cache}"
     )
-    print(
+    say(
+        config,
         f"[fairdistill] teacher {config.teacher_name_or_path}: {source}; student ({config.student_init}): "
-        f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable"
+        f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable",
     )
 
     data = prepare_data(config, tokenizer)
-    print(f"[fairdistill] data: {json.dumps(data.stats)}")
+    say(config, f"[fairdistill] data: {json.dumps(data.stats)}")
     pair_map = None
     if config.teacher_cache is not None:
         teacher = None  # only the student's source: the targets come from the cache
