@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
 from counterfactuals import PairMap, build_pair_map
 
-from .config import DistillationConfig
+from .config import DistillationConfig, config_parser
 from .data import PreparedData, prepare_lm_datasets
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
@@ -55,7 +55,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DistillationConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
     known, overrides = pre.parse_known_args(argv)
-    parser = HfArgumentParser(DistillationConfig)
+    parser = config_parser()  # --help lists --config and every field, with its allowed values
     if known.config is not None:
         recipe = _read_recipe(known.config)
         parser.set_defaults(**recipe)
@@ -108,8 +108,14 @@ def build_student(config: DistillationConfig, teacher, vocab_size: int | None = 
         )
     source = resolve_model_path(config.student_name_or_path)
     if config.student_init == "pretrained":
-        return student_from_pretrained(source)
-    return student_from_config(source, vocab_size_from=teacher if teacher is not None else vocab_size)
+        return student_from_pretrained(
+            source, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation
+        )
+    return student_from_config(
+        source,
+        vocab_size_from=teacher if teacher is not None else vocab_size,
+        trust_remote_code=config.trust_remote_code,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -172,14 +178,14 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     eval metrics."""
     set_seed(config.seed)
     teacher_path = resolve_model_path(config.teacher_name_or_path)
-    tokenizer = load_tokenizer(teacher_path)
+    tokenizer = load_tokenizer(teacher_path, **config.teacher_load_kwargs(tokenizer=True))
     cache_vocab = None
     if config.teacher_cache is not None:  # read first: a missing cache fails before any model loads
         cache_vocab = read_manifest(cache_split_dir(config.teacher_cache, "train"))["vocab_size"]
     # with a teacher cache the teacher never runs: its weights load only when the student is built from them
     teacher = None
     if config.teacher_cache is None or config.student_init in ("layers", "lora"):
-        teacher = load_causal_lm(teacher_path, dtype="float32")
+        teacher = load_causal_lm(teacher_path, dtype="float32", **config.teacher_load_kwargs())
     student = build_student(config, teacher, vocab_size=cache_vocab)
     trainable, total = count_parameters(student)
     source = (
