@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import difflib
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -225,9 +224,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
     metrics: dict = {}
     if data.eval is not None:
-        metrics = trainer.evaluate()
-        if "eval_loss_clm" in metrics:
-            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss_clm"], 50.0))
+        metrics = trainer.evaluate()  # with eval_perplexity, logged to every report_to integration
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():

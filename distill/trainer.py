@@ -467,7 +467,8 @@ class CounterfactualDistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
+        """Adds the mean of each loss term (and the share of rows the swap changed) since the last log,
+        and at evaluation the student's perplexity."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         metrics = self._metrics[mode]
@@ -485,6 +486,8 @@ class CounterfactualDistillationTrainer(Trainer):
                         total / (len(metrics[name]) * self.accelerator.num_processes)
                     ).item()
         metrics.clear()
+        if "eval_loss_clm" in logs:  # the student's own next-token loss on the eval blocks, as perplexity
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss_clm"], 50.0))
         if mode == "train" and "loss" in logs:
             # throughput since the last log, all ranks together (packed blocks: every token is real)
             now = time.perf_counter()

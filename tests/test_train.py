@@ -216,6 +216,7 @@ def test_wandb_offline_run_records_the_loss_terms(tmp_path, teacher_dir):
         if record.WhichOneof("record_type") == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
     assert {"train/loss_kd", "train/loss_clm", "train/counterfactual_row_share", "eval/loss_kd"} <= logged
+    assert "eval/perplexity" in logged  # logged, not only printed
     assert config["perturbation"] == "max" and config["cda"] == "two_sided"
 
 
