@@ -15,7 +15,8 @@ Subcommands:
 
 Every user error (missing or empty file, bad encoding, missing column, ...) is one message on
 stderr naming the fix, and exit status 2 — never a traceback. ``swap`` and ``augment`` import neither
-torch nor transformers, so they start in a fraction of a second; ``pairs`` loads them when it runs.
+torch nor transformers (importing torch took most of ``swap``'s start-up); ``pairs`` loads them when it
+runs.
 """
 
 from __future__ import annotations
