@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from counterfactuals.cli import default_bold_dir
+    from fairdistill.demo import default_bold_dir
 
     hf_logging.set_verbosity_error()  # no per-call generation warnings in the output
     info = machine(("torch", "transformers", "tokenizers"))

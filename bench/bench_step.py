@@ -60,12 +60,12 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
 import torch  # noqa: E402
 
 from bench._common import format_load, load_average, machine  # noqa: E402
-from counterfactuals.cli import (  # noqa: E402
+from distill.models import gpt2_tokenizer_offline  # noqa: E402
+from fairdistill.demo import (  # noqa: E402
     BOLD_DOMAINS,
     SAMPLE_CORPUS,
     default_bold_dir,
     load_bold_sentences,
-    load_gpt2_tokenizer_offline,
     load_sample_corpus,
 )
 
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     info = machine()
-    tokenizer = load_gpt2_tokenizer_offline()
+    tokenizer = gpt2_tokenizer_offline()
     pair_map = build_pair_map(tokenizer)
     texts, source = load_texts(args.bold_dir or default_bold_dir())
     pools = block_pools(tokenizer, pair_map, texts, args.seq_len)

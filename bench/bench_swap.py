@@ -38,12 +38,12 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a source checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench._common import format_load, machine  # noqa: E402
-from counterfactuals.cli import (  # noqa: E402
+from distill.models import gpt2_tokenizer_offline  # noqa: E402
+from fairdistill.demo import (  # noqa: E402
     BOLD_DOMAINS,
     SAMPLE_CORPUS,
     default_bold_dir,
     load_bold_sentences,
-    load_gpt2_tokenizer_offline,
     load_sample_corpus,
 )
 
@@ -77,7 +77,7 @@ def load_lines(bold_dir: Path) -> tuple[list[str], str]:
 def tokenizer_worker(lines_file: Path, repeat: int) -> None:
     """Runs in a subprocess: time ``tokenizer(lines)`` and print one JSON line."""
     lines = json.loads(lines_file.read_text(encoding="utf-8"))
-    tokenizer = load_gpt2_tokenizer_offline()
+    tokenizer = gpt2_tokenizer_offline()
     tokenizer(lines[:WARMUP_LINES])
     tokens = sum(len(ids) for ids in tokenizer(lines)["input_ids"])
     runs = []  # (wall, cpu): cpu / wall shows how many threads the tokenizer really kept busy

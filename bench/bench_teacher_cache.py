@@ -73,7 +73,7 @@ COLUMN_GROUPS = {
 
 
 def load_lines(bold_dir: Path) -> tuple[list[str], str]:
-    from counterfactuals.cli import BOLD_DOMAINS, load_bold_sentences, load_sample_corpus
+    from fairdistill.demo import BOLD_DOMAINS, load_bold_sentences, load_sample_corpus
 
     try:
         lines = [row["text"] for row in load_bold_sentences(bold_dir, BOLD_DOMAINS)]
@@ -225,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import load_from_disk
 
     from counterfactuals import build_pair_map
-    from counterfactuals.cli import default_bold_dir
     from distill.models import load_causal_lm, load_tokenizer, resolve_model_path
     from distill.student import student_from_teacher_layers
     from distill.teacher_cache import (
@@ -237,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         verify_cache_files,
         write_teacher_cache,
     )
+    from fairdistill.demo import default_bold_dir
 
     datasets.disable_progress_bars()
     info = machine(("torch", "transformers", "datasets"))

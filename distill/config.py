@@ -6,13 +6,16 @@ every field carries its help text, and ``__post_init__`` rejects bad values befo
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from typing import Any
 
-from transformers import TrainingArguments
+import torch
+from transformers import HfArgumentParser, TrainingArguments
 
 from .losses import COMBINE_MODES, SCOPES
 
@@ -20,6 +23,18 @@ STUDENT_INITS = ("layers", "pretrained", "config", "lora")
 CDA_MODES = ("two_sided", "one_sided")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("error", "skip_step")
+
+
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """``--help``'s placeholder for a field with a fixed set of values, e.g. ``{max,mean,expMean}``. A
+    placeholder, not argparse ``choices``: values from a YAML recipe bypass argparse, so
+    ``__post_init__`` stays the one check, with the same message for both."""
+    return "{" + ",".join(choices) + "}"
 
 
 @dataclass
@@ -34,8 +49,28 @@ class DistillationConfig(TrainingArguments):
     teacher_dtype: str = field(
         default="auto",
         metadata={
+            "metavar": one_of(DTYPES),
             "help": "Teacher weights dtype: auto (bf16 when training in bf16, fp16 in fp16, else fp32), "
-            "float32, bfloat16 or float16. The frozen teacher only runs forward passes."
+            "float32, bfloat16 or float16. The frozen teacher only runs forward passes.",
+        },
+    )
+    teacher_revision: str | None = field(
+        default=None,
+        metadata={"help": "Teacher (and tokenizer) revision on the Hub: a branch, tag or commit hash."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Run modelling code shipped with the teacher or student checkpoint (off unless asked: it "
+            "executes code from the checkpoint's repository)."
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention kernel of the teacher (a student built from its layers or with LoRA inherits "
+            "it) and of a pretrained student: eager, sdpa, flash_attention_2, ... (unset: transformers' "
+            "default for the model)."
         },
     )
     teacher_cache: str | None = field(
@@ -52,9 +87,10 @@ class DistillationConfig(TrainingArguments):
     student_init: str = field(
         default="layers",
         metadata={
+            "metavar": one_of(STUDENT_INITS),
             "help": "How to build the student: 'layers' copies chosen teacher layers (DistilGPT-2 recipe), "
             "'pretrained' loads student_name_or_path, 'config' initialises student_name_or_path's config "
-            "randomly, 'lora' is the teacher plus LoRA adapters (the paper's fine-tuned variant)."
+            "randomly, 'lora' is the teacher plus LoRA adapters (the paper's fine-tuned variant).",
         },
     )
     student_name_or_path: str | None = field(
@@ -111,20 +147,23 @@ class DistillationConfig(TrainingArguments):
     perturbation: str | None = field(
         default=None,
         metadata={
+            "metavar": one_of(COMBINE_MODES),
             "help": "Teacher-prediction perturbation (counterfactual role reversal): max, mean or expMean. "
-            "Unset = plain KD target."
+            "Unset = plain KD target.",
         },
     )
     perturbation_scope: str = field(
         default="all",
         metadata={
-            "help": "Combine over the whole vocabulary ('all') or only over gendered tokens ('gendered')."
+            "metavar": one_of(SCOPES),
+            "help": "Combine over the whole vocabulary ('all') or only over gendered tokens ('gendered').",
         },
     )
     cda: str | None = field(
         default=None,
         metadata={
-            "help": "Counterfactual data augmentation of the training text: two_sided, one_sided or unset."
+            "metavar": one_of(CDA_MODES),
+            "help": "Counterfactual data augmentation of the training text: two_sided, one_sided or unset.",
         },
     )
     swap_names: bool = field(
@@ -218,6 +257,10 @@ class DistillationConfig(TrainingArguments):
         _check_field_types(self)  # before TrainingArguments reads them: a 1.5 or a list fails here, by name
         _check_ranges(self)
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not _accelerator_available()):
+            # Pinned host memory only speeds up copies to an accelerator; without one, torch warns at every
+            # DataLoader that it is ignored (Trainer's default is on).
+            self.dataloader_pin_memory = False
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError(
                 "push_to_hub needs --hub_model_id user/name: the Hub repo to publish the student to"
@@ -285,6 +328,16 @@ class DistillationConfig(TrainingArguments):
                 )
             # the cache rows are extra dataset columns; Trainer would drop them before compute_loss
             self.remove_unused_columns = False
+
+    def teacher_load_kwargs(self, *, tokenizer: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``load_causal_lm`` (or, with ``tokenizer``, ``load_tokenizer``) of the
+        teacher: ``revision``, ``trust_remote_code`` and, for the model, ``attn_implementation``."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        if self.teacher_revision is not None:
+            kwargs["revision"] = self.teacher_revision
+        if self.attn_implementation is not None and not tokenizer:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs
 
     def to_dict(self) -> dict:
         """TrainingArguments.to_dict (which hides ``*_token``), also hiding any other credential-like value
@@ -397,3 +450,21 @@ def _check_ranges(config) -> None:
         value = getattr(config, name)
         if not ok(value):
             raise ValueError(f"{name}={value!r}: {name} must be {what}")
+
+
+def config_parser() -> HfArgumentParser:
+    """The command-line parser of :class:`DistillationConfig`, with ``--config`` listed in ``--help``
+    (``parse_config`` reads the recipe before this parser sees the rest)."""
+    parser = HfArgumentParser(
+        DistillationConfig,
+        description="--config RECIPE.yaml reads a recipe of DistillationConfig fields (recipes/*.yaml); "
+        "every --field value listed here overrides it. Fields with a fixed set of values show them as "
+        "{a,b,...}.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="RECIPE.yaml",
+        default=argparse.SUPPRESS,  # never a field: read by parse_config before the fields are parsed
+        help="A YAML recipe of the fields listed here (recipes/*.yaml); the options given override it.",
+    )
+    return parser

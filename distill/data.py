@@ -46,6 +46,7 @@ from counterfactuals.cda import COUNTERFACTUAL, MODES, SOURCE_COLUMN, SWAPPED_CO
 
 __all__ = [
     "PreparedData",
+    "augment_training_documents",
     "cda_stats",
     "load_text_dataset",
     "prepare_lm_datasets",
@@ -783,17 +784,16 @@ def prepare_lm_datasets(
         if eval_docs is not None:
             stats["eval_documents"] = len(eval_docs)
         if cda is not None:
-            train_docs = augment_dataset(
+            train_docs, augmented = augment_training_documents(
                 train_docs,
-                mode=cda,
+                cda,
                 text_column=text_column,
                 names=cda_names,
                 lexicon=cda_lexicon,
                 num_proc=num_proc,
+                seed=seed,
             )
-            stats.update({f"cda_{key}": value for key, value in cda_stats(train_docs).items()})
-            if cda == "two_sided":
-                train_docs = train_docs.shuffle(seed=seed)
+            stats.update(augmented)
 
         train = _pack_split(train_docs, "train", dataset_name, tokenizer, block_size, text_column, num_proc)
         if max_train_samples is not None and max_train_samples < len(train):
@@ -809,6 +809,30 @@ def prepare_lm_datasets(
 
     logger.info("Prepared LM data from %r: %s", dataset_name, stats)
     return PreparedData(train=train, eval=eval_, stats=stats)
+
+
+def augment_training_documents(
+    docs: Dataset | IterableDataset,
+    cda: str,
+    *,
+    text_column: str = "text",
+    names: bool = False,
+    lexicon: Lexicon | None = None,
+    num_proc: int | None = None,
+    seed: int = 42,
+) -> tuple[Dataset | IterableDataset, dict[str, int | float]]:
+    """CDA of training documents before packing (step 3 of :func:`prepare_lm_datasets`, also used by
+    the trainer on a raw-text dataset): the augmented documents, shuffled after two-sided CDA (see
+    there why), and their :func:`cda_stats` with a ``cda_`` prefix (none for a lazy dataset)."""
+    docs = augment_dataset(
+        docs, mode=cda, text_column=text_column, names=names, lexicon=lexicon, num_proc=num_proc
+    )
+    stats: dict[str, int | float] = {}
+    if isinstance(docs, Dataset):
+        stats = {f"cda_{key}": value for key, value in cda_stats(docs).items()}
+    if cda == "two_sided":
+        docs = docs.shuffle(seed=seed)
+    return docs, stats
 
 
 def _pack_split(

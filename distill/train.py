@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -69,8 +68,14 @@ def build_student(config: DistillationConfig, teacher, vocab_size: int | None = 
         )
     source = resolve_model_path(config.student_name_or_path)
     if config.student_init == "pretrained":
-        return student_from_pretrained(source)
-    return student_from_config(source, vocab_size_from=teacher if teacher is not None else vocab_size)
+        return student_from_pretrained(
+            source, trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation
+        )
+    return student_from_config(
+        source,
+        vocab_size_from=teacher if teacher is not None else vocab_size,
+        trust_remote_code=config.trust_remote_code,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -118,6 +123,12 @@ def attach_cached_targets(
     return dataclasses.replace(data, train=train, eval=eval_), pair_map
 
 
+def say(config: DistillationConfig, message: str) -> None:
+    """Print on the main process only: a run's progress line once, not once per DDP process."""
+    if config.process_index == 0:
+        print(message, flush=True)
+
+
 def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
     """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
     eval metrics."""
@@ -128,7 +139,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         print(f"[fairdistill] warning: {note}", file=sys.stderr)
     lexicon = recipe_lexicon(config)  # a bad lexicon fails before any model loads
     teacher_path = resolve_model_path(config.teacher_name_or_path)
-    tokenizer = load_tokenizer(teacher_path)
+    tokenizer = load_tokenizer(teacher_path, **config.teacher_load_kwargs(tokenizer=True))
     if config.student_init == "pretrained":
         student_tokenizer = _own_tokenizer(config.student_name_or_path)
         if student_tokenizer is not None:
@@ -139,7 +150,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     # with a teacher cache the teacher never runs: its weights load only when the student is built from them
     teacher = None
     if config.teacher_cache is None or config.student_init in ("layers", "lora"):
-        teacher = load_causal_lm(teacher_path, dtype="float32")
+        teacher = load_causal_lm(teacher_path, dtype="float32", **config.teacher_load_kwargs())
     student = build_student(config, teacher, vocab_size=cache_vocab)
     trainable, total = count_parameters(student)
     source = (
@@ -147,13 +158,14 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         if config.teacher_cache is None
         else f"cached in {config.teacher_cache}"
     )
-    print(
+    say(
+        config,
         f"[fairdistill] teacher {config.teacher_name_or_path}: {source}; student ({config.student_init}): "
-        f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable"
+        f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable",
     )
 
     data = prepare_data(config, tokenizer)
-    print(f"[fairdistill] data: {json.dumps(data.stats)}")
+    say(config, f"[fairdistill] data: {json.dumps(data.stats)}")
     pair_map = None
     if config.teacher_cache is not None:
         teacher = None  # only the student's source: the targets come from the cache
@@ -183,9 +195,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
     metrics: dict = {}
     if data.eval is not None:
-        metrics = trainer.evaluate()
-        if "eval_loss_clm" in metrics:
-            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss_clm"], 50.0))
+        metrics = trainer.evaluate()  # with eval_perplexity, logged to every report_to integration
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     if trainer.is_world_process_zero():

@@ -26,7 +26,7 @@ from collections import defaultdict
 from typing import Any, NamedTuple
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, Trainer, TrainerCallback
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
@@ -54,8 +54,9 @@ from .losses import (
     role_reversal,
     role_reversal_reference,
 )
-from .models import resolve_dtype
+from .models import ensure_pad_token, resolve_dtype
 from .teacher_cache import TeacherCacheCollator, cached_teacher_targets, has_teacher_cache
+from .trainer_data import prepare_dataset
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 logger = logging.get_logger(__name__)
@@ -278,7 +279,12 @@ class CounterfactualDistillationTrainer(Trainer):
         args: a :class:`DistillationConfig`.
         pair_map: the token swap; built from ``processing_class`` when ``args.perturbation`` is set
             and none is given.
-        processing_class: the tokenizer (teacher and student must share it).
+        processing_class: the tokenizer (teacher and student must share it). One without a pad token
+            gets its EOS token as pad token.
+        train_dataset, eval_dataset: tokenized blocks, or a ``datasets.Dataset`` of raw text
+            (``args.text_column``) or of chat ``messages``, which the trainer augments (``args.cda``,
+            training split only), tokenizes and packs itself (``args.block_size``); see
+            :mod:`distill.trainer_data`.
         Other keyword arguments go to ``transformers.Trainer``.
     """
 
@@ -312,6 +318,11 @@ class CounterfactualDistillationTrainer(Trainer):
                 f"the pair map covers {pair_map.vocab_size} tokens but the teacher has {teacher_vocab}; "
                 "build it with build_pair_map(tokenizer, vocab_size=teacher.config.vocab_size)"
             )
+        if isinstance(processing_class, PreTrainedTokenizerBase):
+            # the default collator pads, and refuses a tokenizer without a pad token (GPT-2's has none)
+            ensure_pad_token(processing_class)
+        for key, is_train in (("train_dataset", True), ("eval_dataset", False)):  # text in: see trainer_data
+            kwargs[key] = prepare_dataset(kwargs.get(key), processing_class, args, train=is_train)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [SaveResolvedConfigCallback()]
         # Trainer's default collator, plus tensors for teacher-cache columns when a dataset carries them
         kwargs["data_collator"] = kwargs.get("data_collator") or TeacherCacheCollator(processing_class)
@@ -523,7 +534,8 @@ class CounterfactualDistillationTrainer(Trainer):
         return f"non-finite {terms} at step {self.state.global_step + 1} (rows of this micro-batch): {found}"
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean of each loss term (and the share of rows the swap changed) since the last log."""
+        """Adds the mean of each loss term (and the share of rows the swap changed) since the last log,
+        and at evaluation the student's perplexity."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
         metrics = self._metrics[mode]
@@ -543,6 +555,8 @@ class CounterfactualDistillationTrainer(Trainer):
         metrics.clear()
         if mode == "train" and self.args.nonfinite_policy == "skip_step":
             logs["nonfinite_skipped_steps"] = self.nonfinite_skipped_steps
+        if "eval_loss_clm" in logs:  # the student's own next-token loss on the eval blocks, as perplexity
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss_clm"], 50.0))
         if mode == "train" and "loss" in logs:
             # throughput since the last log, all ranks together (packed blocks: every token is real)
             now = time.perf_counter()

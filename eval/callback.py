@@ -75,7 +75,7 @@ class FairnessEvalCallback(TrainerCallback):
             folder = Path(args.output_dir)
             folder.mkdir(parents=True, exist_ok=True)
             plot = plot_shares({"models": [result]}, folder / f"fairness-step-{state.global_step}.png")
-            _log_wandb_media(args, result, plot)
+            _log_wandb_media(args, result, plot, state.global_step)
 
 
 def _unwrap(model):
@@ -86,14 +86,15 @@ def _unwrap(model):
     return model
 
 
-def _log_wandb_media(args, result: dict[str, Any], plot: Path) -> None:
+def _log_wandb_media(args, result: dict[str, Any], plot: Path, step: int) -> None:
     if "wandb" not in (args.report_to or []):
         return
     import wandb
 
     if wandb.run is None:
         return
-    table = wandb.Table(columns=["category", "prompt", "continuation", "polarity"])
+    # the training step in a column: tables of several evaluations can then be compared in one view
+    table = wandb.Table(columns=["step", "category", "prompt", "continuation", "polarity"])
     for sample in result["samples"]:
-        table.add_data(sample["category"], sample["prompt"], sample["continuation"], sample["polarity"])
+        table.add_data(step, sample["category"], sample["prompt"], sample["continuation"], sample["polarity"])
     wandb.log({"eval/fairness_samples": table, "eval/fairness_shares": wandb.Image(str(plot))})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,11 @@ def plot_shares(report: dict[str, Any], path: Path) -> Path:
     axes[0].set_yticks(y, [c.replace("_", " ") for c in categories])
     axes[0].invert_yaxis()
     axes[-1].legend(loc="lower right")
-    fig.suptitle("Gender polarity of generations per profession (BOLD unigram)")
+    # one model gives a narrow figure: wrap the title to its width (about 11 characters per inch)
+    title = "Gender polarity of generations per profession (BOLD unigram)"
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # and keep every label inside the image
     plt.close(fig)
     return path
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from counterfactuals.cli import SAMPLE_CORPUS, main
+from counterfactuals.cli import main
 
 ENV = {
     **os.environ,
@@ -20,6 +20,7 @@ ENV = {
     "WANDB_MODE": "offline",
     "TOKENIZERS_PARALLELISM": "false",
 }
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LINES = ["He thanked his aunt.", "", "The sky is blue.", "My sister is an actress."]
 
 
@@ -240,38 +241,41 @@ def test_pairs_unloadable_tokenizer_is_exit_2(tmp_path: Path, capsys: pytest.Cap
     assert "could not load a tokenizer" in err and "Traceback" not in err
 
 
-# -- demo ------------------------------------------------------------------------------------------
+# -- start-up and the moved demo -------------------------------------------------------------------
 
 
-def test_demo_on_bold(tmp_path: Path, bold_dir: Path) -> None:
-    out_dir = tmp_path / "demo"
-    result = run_module("demo", "--bold-dir", str(bold_dir), "--limit", "200", "--out-dir", str(out_dir))
+@pytest.mark.parametrize("command", [["swap", "He thanked his aunt."], ["augment", "IN", "-o", "OUT"]])
+def test_text_commands_do_not_import_torch(tmp_path: Path, command: list[str]) -> None:
+    """swap and augment need neither torch nor transformers, and must not pay for importing them."""
+    src = tmp_path / "corpus.txt"
+    src.write_text("He thanked his aunt.\n", encoding="utf-8")
+    argv = [str(src) if a == "IN" else str(tmp_path / "out.jsonl") if a == "OUT" else a for a in command]
+    code = (
+        "import sys\n"
+        "from counterfactuals.cli import main\n"
+        f"code = main({argv!r})\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "print('heavy:', heavy)\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=ENV, cwd=REPO_ROOT, timeout=120
+    )
     assert result.returncode == 0, result.stderr.decode()
-    stdout = result.stdout.decode()
-    assert "[demo 5/5]" in stdout and "falling back" not in stdout
-
-    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    assert summary["source"] == "bold"
-    assert summary["rows_in"] == 200
-    assert summary["rows_out"] == 200 + summary["rows_swapped"]
-    assert 0.05 < summary["share_rows_gendered"] < 0.9
-    assert summary["swap_mb_per_s"] > 0 and summary["cda_mb_per_s"] > 0
-    assert len(summary["examples"]) == 5
-    token = summary["token_level"]
-    assert 100 < token["tokens_swapped"] < 1000 and token["vocab_size"] == 50257
-    assert 0.05 < token["share_rows_changed"] <= summary["share_rows_gendered"] + 0.05
-    assert token["share_equal_to_tokenized_text_swap"] > 0.8
-    assert len(token["examples"]) == 3
-    assert len(read_jsonl(out_dir / "cda_two_sided.jsonl")) == summary["rows_out"]
+    assert "heavy: []" in result.stdout.decode()
 
 
-def test_demo_falls_back_to_the_sample_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out_dir = tmp_path / "demo"
-    assert main(["demo", "--bold-dir", str(tmp_path / "no-bold"), "--out-dir", str(out_dir)]) == 0
-    assert "falling back to the bundled sample corpus" in capsys.readouterr().out
-    summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    lines = [line for line in SAMPLE_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert summary["source"] == "sample_corpus"
-    assert summary["rows_in"] == len(lines) >= 30
-    assert summary["rows_out"] == len(lines) + summary["rows_swapped"]
-    assert 0.3 < summary["share_rows_gendered"] < 1.0  # the sample mixes gendered and neutral text
+def test_pair_map_still_imports_from_the_package() -> None:
+    import counterfactuals
+    from counterfactuals import PairMap, build_pair_map
+    from counterfactuals.pair_map import PairMap as Defined
+
+    assert PairMap is Defined and callable(build_pair_map) and "build_pair_map" in counterfactuals.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        counterfactuals.nothing  # noqa: B018
+
+
+def test_demo_points_to_its_new_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "python -m fairdistill.demo" in err and len(err.strip().splitlines()) == 1

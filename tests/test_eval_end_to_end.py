@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval.cli import main
@@ -156,6 +157,9 @@ print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log
     } <= logged
     assert any(key.startswith("eval/fairness_samples") for key in logged)
     assert any(key.startswith("eval/fairness_shares") for key in logged)
+    assert "eval/perplexity" in logged  # logged, not only printed
+    (table,) = [json.loads(p.read_text()) for p in run_dir.rglob("*fairness_samples*.table.json")]
+    assert table["columns"][0] == "step" and {row[0] for row in table["data"]} == {2}
 
 
 def test_tradeoff_plot_draws_an_interval_beside_its_estimate(tmp_path):
@@ -171,3 +175,16 @@ def test_tradeoff_plot_draws_an_interval_beside_its_estimate(tmp_path):
     }
     path = plot_disparity_vs_perplexity(report, tmp_path / "tradeoff.png")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_shares_plot_of_one_model_keeps_its_title_inside_the_image(tmp_path):
+    """One model gives the narrowest figure; its title used to run past both edges of the image."""
+    import matplotlib.image as mpimg
+
+    from eval.report import plot_shares
+
+    categories = {c: {"male": 0.3, "female": 0.2} for c in ("nurse", "truck_driver", "artistic_occupations")}
+    report = {"models": [{"name": "step 2", "disparity": {"unigram": {"categories": categories}}}]}
+    image = mpimg.imread(plot_shares(report, tmp_path / "shares.png"))[..., :3]
+    edges = np.concatenate([image[:, :2], image[:, -2:]], axis=1)
+    assert edges.min() == 1.0  # white: nothing drawn touches the left or right edge

@@ -217,14 +217,17 @@ def test_wandb_offline_run_records_the_loss_terms(tmp_path, teacher_dir):
         if record.WhichOneof("record_type") == "config":
             config.update({item.key: json.loads(item.value_json) for item in record.config.update})
     assert {"train/loss_kd", "train/loss_clm", "train/counterfactual_row_share", "eval/loss_kd"} <= logged
+    assert "eval/perplexity" in logged  # logged, not only printed
     assert config["perturbation"] == "max" and config["cda"] == "two_sided"
     # the run record names the W&B run for the model card (offline: an id, no link until `wandb sync`)
     recorded = json.loads((tmp_path / "run" / "training_run.json").read_text())["wandb"]
     assert runs[0].name == f"run-{recorded['id']}.wandb" and recorded["offline"] and recorded["url"] is None
 
 
-def test_accelerate_launch_two_processes(tmp_path, teacher_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_accelerate_launch_two_processes(tmp_path):
+    """tiny.yaml as written, offline: both processes build its tiny:gpt2 teacher on first use (into an
+    empty cache, at the same time), and every [fairdistill] line prints once, on the main process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FAIRDISTILL_CACHE": str(tmp_path)}
     out = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -245,8 +248,6 @@ def test_accelerate_launch_two_processes(tmp_path, teacher_dir):
         "distill.train",
         "--config",
         str(REPO / "recipes/tiny.yaml"),
-        "--teacher_name_or_path",
-        str(teacher_dir),
         "--output_dir",
         str(out),
         "--use_cpu",
@@ -254,7 +255,11 @@ def test_accelerate_launch_two_processes(tmp_path, teacher_dir):
         "--disable_tqdm",
         "true",
     ]
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300)
+    done = subprocess.run(cmd, env=env, cwd=REPO, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = [line for line in done.stdout.splitlines() if line.startswith("[fairdistill]")]
+    assert [line.split()[1].rstrip(":") for line in ours] == ["teacher", "data"], done.stdout
+    assert (tmp_path / "tiny-gpt2" / "model.safetensors").is_file()
     assert (out / "model.safetensors").is_file()
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["eval_perplexity"] > 1.0
