@@ -82,17 +82,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from datasets import Array2D, Dataset, Features, List, Value, concatenate_datasets, load_from_disk
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, default_data_collator
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 
 from .losses import role_reversal
 from .models import resolve_dtype
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # datasets / pyarrow are imported where used: training without a cache needs neither
+    from datasets import Dataset, Features
+
     from counterfactuals import PairMap
 
 __all__ = [
@@ -162,6 +162,8 @@ class TeacherCacheError(ValueError):
 def dataset_fingerprint(dataset: Dataset, rows_per_chunk: int = 4096) -> str:
     """SHA-256 of every row's ``input_ids`` (and ``attention_mask``), in row order: equal only for the
     same blocks in the same order, whatever their ``datasets`` history (cache files, CDA, slicing)."""
+    import pyarrow.compute as pc
+
     columns = [name for name in ("input_ids", "attention_mask") if name in dataset.column_names]
     if "input_ids" not in columns:
         raise ValueError(
@@ -252,6 +254,8 @@ def _teacher_views(
 
 
 def _features(k: int, n_gendered: int | None, dtype: str, n_temperatures: int) -> Features:
+    from datasets import Array2D, Features, List, Value
+
     columns = {
         TOPK_IDS: Array2D(shape=(None, k), dtype="int32"),
         TOPK_LOGPROBS: Array2D(shape=(None, k), dtype=dtype),
@@ -328,6 +332,8 @@ def write_teacher_cache(
         joint_teacher_pass: original and swapped rows in one forward pass (as the trainer's option).
         verbose: print one line per 50 batches.
     """
+    from datasets import Dataset
+
     if not isinstance(dataset, Dataset):
         raise TypeError(
             f"dataset must be a datasets.Dataset of token blocks, got {type(dataset).__name__} (an "
@@ -485,6 +491,8 @@ def _save_rows(
     row_bytes: int,
 ) -> None:
     """``Dataset.from_generator`` into a scratch folder beside ``out_dir``, then ``save_to_disk``."""
+    from datasets import Dataset
+
     # one Arrow record batch of rows at a time in memory: bounded to ~64 MB whatever k
     writer_batch_size = int(max(1, min(1000, (64 << 20) // max(row_bytes, 1))))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -517,6 +525,8 @@ def truncate_teacher_cache(cache_dir: str | Path, out_dir: str | Path, k: int) -
         raise ValueError(f"k must be an int in [1, {manifest['k']}) (the cache's k), got {k!r}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; remove it or choose another")
+    from datasets import load_from_disk
+
     source = load_from_disk(str(cache_dir))
     source.set_format("numpy", output_all_columns=True)
     dtype = manifest["dtype"]
@@ -716,6 +726,8 @@ def attach_teacher_cache(
     clash = [name for name in dataset.column_names if name in CACHE_COLUMNS]
     if clash:
         raise ValueError(f"the dataset already has teacher-cache columns {clash}; attach a cache only once")
+    from datasets import concatenate_datasets, load_from_disk
+
     cache = load_from_disk(str(cache_dir))
     if len(cache) != len(dataset):
         raise TeacherCacheError(
