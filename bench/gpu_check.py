@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -555,6 +556,7 @@ def throughput(family: str, ctx: dict[str, Any]) -> dict[str, Any]:
             else None,
         }
         runs[name] = result
+        ctx["partial"]["runs"] = runs  # kept if a later configuration fails or runs out of time
         log(
             f"  {family} {name}: {result['tokens_per_second']:.0f} tok/s, "
             f"step {result['mean_step_seconds']:.4f} s, "
@@ -562,6 +564,7 @@ def throughput(family: str, ctx: dict[str, Any]) -> dict[str, Any]:
             f"peak {_gib(peak)}, teacher tokens {result['teacher_tokens_per_step_over_BT']:.2f} x BT"
         )
         del trainer
+        gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     plain = runs["plain@0.3"]["mean_step_seconds"]
@@ -645,13 +648,15 @@ def loss_memory(ctx: dict[str, Any]) -> dict[str, Any]:
     pair_map = build_pair_map(tokenizer).to(device)
     dtype = torch.bfloat16
     temperature = 2.0
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    generator = torch.Generator(device=device)
 
-    def inputs():
-        student = (torch.randn(batch, seq, vocab, generator=generator) * 2).to(device, dtype).requires_grad_()
-        teacher = (torch.randn(batch, seq, vocab, generator=generator) * 2).to(device, dtype)
-        cf = (torch.randn(batch, seq, vocab, generator=generator) * 2).to(device, dtype)
-        context = torch.randint(0, vocab, (batch, seq), generator=generator).to(device)
+    def inputs():  # the same inputs for every variant, drawn on the device
+        generator.manual_seed(0)
+        shape = (batch, seq, vocab)
+        student = torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(2).requires_grad_()
+        teacher = torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(2)
+        cf = torch.randn(shape, generator=generator, device=device, dtype=dtype).mul_(2)
+        context = torch.randint(0, vocab, (batch, seq), generator=generator, device=device)
         return student, teacher, cf, context
 
     def plain_kd(student, teacher, cf, context):
@@ -806,8 +811,16 @@ def launch(kind: str, ctx: dict[str, Any]) -> dict[str, Any]:
     for line in lines:
         if line.startswith("GPU-CHECK-LAUNCH "):
             summary = json.loads(line.split(" ", 1)[1])
+    note = None
+    if ctx["device"] == "cpu":
+        note = (
+            "--cpu: one process with `accelerate launch --cpu`, which runs the config's training without "
+            "its FSDP/DeepSpeed plugin (see summary.distributed_type); FSDP2 on CPU is tested apart "
+            "(tests/test_fsdp_cpu.py)"
+        )
     return {
         "status": "ok" if rc == 0 and summary is not None else "failed",
+        "note": note,
         "command": " ".join(command),
         "rc": rc,
         "seconds": time.perf_counter() - start,
@@ -977,13 +990,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sections:
         log(f"section {name} ...")
         start = time.perf_counter()
+        ctx["partial"] = {}
         try:
             limit = section_timeout + (ctx["launch_timeout"] if name.startswith("launch_") else 0)
             with time_limit(limit):
                 result = runners[name]()
             result.setdefault("status", "ok")
         except Exception as err:
-            result = {"status": "error", "error": f"{type(err).__name__}: {err}"[:2000]}
+            result = {**ctx["partial"], "status": "error", "error": f"{type(err).__name__}: {err}"[:2000]}
             result["traceback"] = traceback.format_exc()[-4000:]
             log(f"section {name} failed: {type(err).__name__}: {err}")
             if device == "cuda":
