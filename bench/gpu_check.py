@@ -82,6 +82,15 @@ SECTIONS = (
     "launch_zero3",
 )
 SHARES = (0.0, 0.3, 1.0)
+# seconds per section (the whole check also stops at --budget): at most ~8 minutes on one GPU
+SECTION_LIMITS = {
+    "environment": 30,
+    "throughput_gpt2": 120,
+    "throughput_smollm2": 120,
+    "loss_memory": 60,
+    "launch_fsdp2": 120,
+    "launch_zero3": 120,
+}
 # dense bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of torch.cuda.get_device_name()
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "numpy", "tokenizers", "safetensors", "deepspeed")
@@ -758,7 +767,7 @@ def loss_memory(ctx: dict[str, Any]) -> dict[str, Any]:
 # --- accelerate launches ------------------------------------------------------------------------------
 
 
-def launch(kind: str, ctx: dict[str, Any]) -> dict[str, Any]:
+def launch(kind: str, ctx: dict[str, Any], limit: float) -> dict[str, Any]:
     config_file = {
         "fsdp2": REPO_ROOT / "recipes" / "accelerate" / "fsdp.yaml",
         "zero3": REPO_ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml",
@@ -789,23 +798,26 @@ def launch(kind: str, ctx: dict[str, Any]) -> dict[str, Any]:
     env.setdefault("PYTHONUNBUFFERED", "1")
     log(f"  {' '.join(command)}")
     start = time.perf_counter()
+    # its own process group, so that a timeout ends torchrun's workers too, not only the launcher
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=ctx["launch_timeout"], cwd=REPO_ROOT
-        )
-        rc, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as err:
+        output, _ = proc.communicate(timeout=limit)
+        rc: int | str = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
         rc = "timeout"
-        output = (
-            (err.stdout or b"").decode(errors="replace")
-            if isinstance(err.stdout, bytes)
-            else (err.stdout or "")
-        )
-        output += (
-            (err.stderr or b"").decode(errors="replace")
-            if isinstance(err.stderr, bytes)
-            else (err.stderr or "")
-        )
+    except BaseException:  # the section's own limit, Ctrl-C: end the launch's processes too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     lines = output.splitlines()
     summary = None
     for line in lines:
@@ -917,10 +929,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per row (1024; tiny 32)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak for MFU")
     parser.add_argument(
-        "--section-timeout", type=float, default=None, help="seconds per section (150; tiny 60)"
-    )
-    parser.add_argument(
-        "--launch-timeout", type=float, default=None, help="seconds per launch (120; tiny 90)"
+        "--budget",
+        type=float,
+        default=450.0,
+        help="seconds for the whole check (default 450): each section stops at its own limit "
+        f"({', '.join(f'{k} {v:.0f}' for k, v in SECTION_LIMITS.items())} s) or when the budget is spent",
     )
     args = parser.parse_args(argv)
     if args.export_tokenizers is not None:
@@ -956,9 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak,
         "peak_source": peak_source,
         "tokenizer_dir": args.tokenizer_dir.resolve() if args.tokenizer_dir else None,
-        "launch_timeout": args.launch_timeout or (90 if args.tiny else 120),
     }
-    section_timeout = args.section_timeout or (60 if args.tiny else 150)
     mode = f"{device}{', tiny' if args.tiny else ''}"
     report = Report(
         ctx["out"] / "gpu_check.json",
@@ -983,8 +994,8 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_gpt2": lambda: throughput("gpt2", ctx),
         "throughput_smollm2": lambda: throughput("smollm2", ctx),
         "loss_memory": lambda: loss_memory(ctx),
-        "launch_fsdp2": lambda: launch("fsdp2", ctx),
-        "launch_zero3": lambda: launch("zero3", ctx),
+        "launch_fsdp2": lambda: launch("fsdp2", ctx, limit - 5),
+        "launch_zero3": lambda: launch("zero3", ctx, limit - 5),
     }
     total = time.perf_counter()
     for name in args.sections:
@@ -992,7 +1003,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         ctx["partial"] = {}
         try:
-            limit = section_timeout + (ctx["launch_timeout"] if name.startswith("launch_") else 0)
+            limit = min(SECTION_LIMITS[name], args.budget - (time.perf_counter() - total))
+            if limit < 10:
+                raise SectionTimeout(f"skipped: {limit:.0f} s of the --budget left")
             with time_limit(limit):
                 result = runners[name]()
             result.setdefault("status", "ok")

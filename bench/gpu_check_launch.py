@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in DATA_KEYS:
         recipe.pop(key, None)
     recipe.update({"output_dir": str(args.out), "report_to": [], "disable_tqdm": True})
+    # the launch config's mixed precision (fsdp.yaml, deepspeed_zero3.yaml: bf16), as a recipe sets it
+    recipe["bf16"] = os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
     if args.steps is not None:
         recipe["max_steps"] = args.steps
     config = DistillationConfig(**recipe)
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(trainer.accelerator.device),
             "teacher_wrapper": type(trainer.teacher).__name__,
             "student_wrapper": type(trainer.model_wrapped).__name__,
-            "saved": sorted(p.name for p in (args.out / "student").iterdir()),
+            "saved": sorted(p.name for p in (args.out / "student").iterdir())
+            if (args.out / "student").is_dir()
+            else [],
         }
         print("GPU-CHECK-LAUNCH " + json.dumps(summary), flush=True)
     return 0
