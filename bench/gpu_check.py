@@ -830,8 +830,18 @@ def launch(kind: str, ctx: dict[str, Any], limit: float) -> dict[str, Any]:
             "its FSDP/DeepSpeed plugin (see summary.distributed_type); FSDP2 on CPU is tested apart "
             "(tests/test_fsdp_cpu.py)"
         )
+    problems = []
+    if rc != 0:
+        problems.append(f"rc {rc}")
+    if summary is None:
+        problems.append("no GPU-CHECK-LAUNCH summary line")
+    elif not summary.get("saved_weights"):
+        problems.append(
+            f"trained {summary.get('steps')} steps, but save_model wrote no weights: {summary.get('saved')}"
+        )
     return {
-        "status": "ok" if rc == 0 and summary is not None else "failed",
+        "status": "failed" if problems else "ok",
+        "problems": problems,
         "note": note,
         "command": " ".join(command),
         "rc": rc,
@@ -874,7 +884,7 @@ def print_table(report: dict[str, Any]) -> None:
         status = section.get("status")
         extra = section.get("error") or section.get("reason") or ""
         if name.startswith("launch_") and "rc" in section:
-            extra = f"rc {section['rc']}, {section['seconds']:.0f} s"
+            extra = f"rc {section['rc']}, {section['seconds']:.0f} s; " + "; ".join(section["problems"])
         print(f"{name}: {status} ({section.get('section_seconds', 0):.0f} s) {extra}"[:300])
 
 

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(n_rows):
         ids = data.row(gendered=i % 2 == 0)
         rows.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    stage(f"models built: teacher 2 layers, student {config.student_num_layers}, V={len(tokenizer)}")
     trainer = CounterfactualDistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -77,12 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         processing_class=tokenizer,
         train_dataset=BatchStream(rows).dataset,
     )
+    state = trainer.accelerator.state
+    teacher_type = type(trainer.teacher).__name__
+    # counted before any forward: FSDP2 leaves the root module's parameters gathered after one
+    teacher_sharded = sum(hasattr(p, "to_local") for p in trainer.teacher.parameters())
+    stage(
+        f"trainer ready: {state.distributed_type}, {state.num_processes} process(es), teacher {teacher_type}"
+    )
     result = trainer.train()
+    stage(f"trained {trainer.state.global_step} steps")
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if not all(torch.isfinite(torch.tensor(losses))):
         raise RuntimeError(f"non-finite training loss: {losses}")
     trainer.save_model(str(args.out / "student"))
-    state = trainer.accelerator.state
+    saved_dir = args.out / "student"
+    saved = sorted(p.name for p in saved_dir.iterdir()) if saved_dir.is_dir() else []
+    stage(f"save_model wrote {saved}")
     if trainer.accelerator.is_main_process:
         summary = {
             "steps": trainer.state.global_step,
@@ -94,12 +105,20 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(trainer.accelerator.device),
             "teacher_wrapper": type(trainer.teacher).__name__,
             "student_wrapper": type(trainer.model_wrapped).__name__,
-            "saved": sorted(p.name for p in (args.out / "student").iterdir())
-            if (args.out / "student").is_dir()
-            else [],
+            "teacher_sharded_params": teacher_sharded,
+            "teacher_params": sum(1 for _ in trainer.teacher.parameters()),
+            "saved": saved,
+            # transformers' save_model writes no weights under FSDP's SHARDED_STATE_DICT
+            "saved_weights": any(
+                name.endswith((".safetensors", ".bin")) and "training_args" not in name for name in saved
+            ),
         }
         print("GPU-CHECK-LAUNCH " + json.dumps(summary), flush=True)
     return 0
+
+
+def stage(message: str) -> None:
+    print(f"[gpu_check_launch] {message}", flush=True)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def test_gpu_check_cpu_tiny(tmp_path):
     assert {"kd_loss", "kd_loss_reference"} <= set(memory["variants"])
     launch = sections["launch_fsdp2"]
     assert launch["rc"] == 0 and launch["summary"]["steps"] == 4, launch
+    assert launch["summary"]["saved_weights"] and launch["problems"] == []
     assert "| section | configuration | tokens/s |" in proc.stdout
 
 
