@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    from bench.gpu_check import Batches, BatchStream, gpt2_tokenizer
+    from bench._gpu_workload import Batches, BatchStream, gpt2_tokenizer
     from counterfactuals import build_pair_map
     from distill.config import DistillationConfig
     from distill.student import student_from_teacher_layers
