@@ -520,7 +520,7 @@ def loss_memory(ctx: dict[str, Any]) -> dict[str, Any]:
                 kwargs["context_ids"] = context
             if "counterfactual_logits" in kwargs:
                 kwargs["counterfactual_logits"] = cf
-            if "counterfactual_suffixes" in params:
+            if "counterfactual_logits" not in params and "counterfactual_suffixes" in params:
                 kwargs["counterfactual_suffixes"] = [
                     CounterfactualSuffix(torch.arange(batch, device=device), 0, cf)
                 ]
@@ -564,8 +564,13 @@ def loss_memory(ctx: dict[str, Any]) -> dict[str, Any]:
         "peak_beyond_inputs_gib"
     )
     fused_name = next((n for n in results if n.startswith("fused")), None)
-    if fused_name and materialised and results[fused_name].get("peak_beyond_inputs_gib") is not None:
-        ratios["fused / materialised"] = results[fused_name]["peak_beyond_inputs_gib"] / materialised
+    if chunked and materialised is not None:
+        ratios["role reversal materialised / kd_loss"] = materialised / chunked
+    fused_peak = results.get(fused_name, {}).get("peak_beyond_inputs_gib") if fused_name else None
+    if fused_peak is not None and materialised:
+        ratios["fused / materialised"] = fused_peak / materialised
+    if fused_peak is not None and chunked:
+        ratios["fused / kd_loss"] = fused_peak / chunked
     return {
         "shape": [batch, seq, vocab],
         "dtype": "bfloat16 logits (student requires grad; teacher and counterfactual logits constant)",
@@ -577,6 +582,11 @@ def loss_memory(ctx: dict[str, Any]) -> dict[str, Any]:
         "fused_path": found,
         "kd_vs_reference_loss_abs_diff": abs(losses_seen["kd_loss"] - losses_seen["kd_loss_reference"])
         if {"kd_loss", "kd_loss_reference"} <= set(losses_seen)
+        else None,
+        "fused_vs_materialised_loss_abs_diff": abs(
+            losses_seen[fused_name] - losses_seen["role_reversal + kd_loss (target materialised)"]
+        )
+        if fused_name in losses_seen and "role_reversal + kd_loss (target materialised)" in losses_seen
         else None,
         "variants": results,
         "ratios": ratios,
