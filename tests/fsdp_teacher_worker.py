@@ -53,6 +53,25 @@ def main() -> None:
             out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
         return out
 
+    class ShardedTeacherTrainer(CounterfactualDistillationTrainer):
+        """Shards the teacher while the trainer prepares it (before anything holds it), with the FSDP2
+        plugin on the accelerator state for that call only: the student is left to DDP."""
+
+        def _prepare_teacher(self, teacher):
+            teacher.eval().requires_grad_(False)
+            state = self.accelerator.state
+            state.fsdp_plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=2,
+                auto_wrap_policy="transformer_based_wrap",
+                reshard_after_forward=True,
+                cpu_ram_efficient_loading=True,
+                state_dict_type="SHARDED_STATE_DICT",
+            )
+            try:
+                return _prepare_fsdp_teacher(teacher, self.accelerator)
+            finally:
+                state.fsdp_plugin = None
+
     results = {}
     for sharded in (False, True):
         config = DistillationConfig(
@@ -72,7 +91,8 @@ def main() -> None:
             joint_teacher_pass=True,
             teacher_prefix_sharing=False,
         )
-        trainer = CounterfactualDistillationTrainer(
+        trainer_class = ShardedTeacherTrainer if sharded else CounterfactualDistillationTrainer
+        trainer = trainer_class(
             model=copy.deepcopy(student),
             teacher_model=copy.deepcopy(teacher),
             args=config,
@@ -80,19 +100,8 @@ def main() -> None:
         )
         rank = trainer.accelerator.process_index
         trainer.train_dataset = _Rows(rows(rank))
-        if sharded:
-            state = trainer.accelerator.state
-            state.fsdp_plugin = FullyShardedDataParallelPlugin(
-                fsdp_version=2,
-                auto_wrap_policy="transformer_based_wrap",
-                reshard_after_forward=True,
-                cpu_ram_efficient_loading=True,
-                state_dict_type="SHARDED_STATE_DICT",
-            )
-            try:
-                trainer.teacher = _prepare_fsdp_teacher(copy.deepcopy(teacher), trainer.accelerator)
-            finally:
-                state.fsdp_plugin = None
+        forwards = []  # the teacher the trainer holds is the one that runs
+        trainer.teacher.register_forward_pre_hook(lambda module, inputs, calls=forwards: calls.append(1))
         # before any forward (FSDP2 leaves the root module's parameters gathered after one)
         params = list(trainer.teacher.parameters())
         local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
@@ -105,6 +114,7 @@ def main() -> None:
             "distributed_type": str(trainer.accelerator.state.distributed_type),
             "world_size": trainer.accelerator.num_processes,
             "teacher_type": type(trainer.teacher).__name__,
+            "teacher_forwards": len(forwards),
             "teacher_sharded_params": sum(hasattr(p, "to_local") for p in params),
             "teacher_params": len(params),
             "teacher_local_numel": local,

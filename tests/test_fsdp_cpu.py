@@ -36,6 +36,8 @@ def test_fsdp2_sharded_teacher_matches_unsharded_on_two_cpu_processes(tmp_path, 
         and plain["teacher_sharded_params"] == 0
     )
     assert sharded["teacher_local_numel"] < sharded["teacher_numel"] == plain["teacher_local_numel"]
+    # the sharded teacher is the one that ran: a joint pass per step (rows with and without a swap)
+    assert sharded["teacher_forwards"] == plain["teacher_forwards"] == 3
     assert len(plain["losses"]) == 3 and len(plain["loss_kd"]) == 3
     assert sharded["losses"] == pytest.approx(plain["losses"], rel=1e-5, abs=1e-6)
     assert sharded["loss_kd"] == pytest.approx(plain["loss_kd"], rel=1e-4, abs=1e-7)
