@@ -29,7 +29,7 @@ import torch.distributed as dist
 import yaml
 from transformers import HfArgumentParser, set_seed
 
-from counterfactuals import PairMap, build_pair_map
+from counterfactuals import PairMap
 
 from .config import DistillationConfig
 from .data import PreparedData, prepare_lm_datasets
@@ -43,7 +43,12 @@ from .student import (
     student_from_teacher_layers,
 )
 from .teacher_cache import attach_teacher_cache, cache_split_dir, read_manifest, run_teacher_dtype
-from .trainer import CounterfactualDistillationTrainer, output_vocab_size, write_resolved_config
+from .trainer import (
+    CounterfactualDistillationTrainer,
+    output_vocab_size,
+    run_pair_map,
+    write_resolved_config,
+)
 
 
 class RecipeError(ValueError):
@@ -144,9 +149,7 @@ def attach_cached_targets(
 ) -> tuple[PreparedData, PairMap | None]:
     """``data`` with ``config.teacher_cache`` attached to each split (refused when the cache was written
     for other blocks, another teacher, teacher dtype, vocabulary or pair map), and the pair map."""
-    pair_map = None
-    if config.perturbation is not None:
-        pair_map = build_pair_map(tokenizer, names=config.swap_names, vocab_size=vocab_size)
+    pair_map = run_pair_map(config, tokenizer, vocab_size)
     checks = {
         "vocab_size": vocab_size,
         "pair_map": pair_map,

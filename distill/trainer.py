@@ -44,6 +44,14 @@ def output_vocab_size(model: torch.nn.Module) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def run_pair_map(config: DistillationConfig, tokenizer, vocab_size: int) -> PairMap | None:
+    """The run's token swap: the one place a run builds it (the trainer, and the launcher for a teacher
+    cache). None without perturbation ("perturbation on" is ``config.perturbation is not None``)."""
+    if config.perturbation is None:
+        return None
+    return build_pair_map(tokenizer, names=config.swap_names, vocab_size=vocab_size)
+
+
 class SaveResolvedConfigCallback(TrainerCallback):
     """Writes the resolved run configuration (JSON, no pickle) next to every checkpoint, so a
     checkpoint says how it was made."""
@@ -104,7 +112,7 @@ class CounterfactualDistillationTrainer(Trainer):
         if args.perturbation is not None and pair_map is None:
             if processing_class is None:
                 raise ValueError("perturbation needs the tokenizer (processing_class=...) or a pair_map")
-            pair_map = build_pair_map(processing_class, names=args.swap_names, vocab_size=teacher_vocab)
+            pair_map = run_pair_map(args, processing_class, teacher_vocab)
         if pair_map is not None and pair_map.vocab_size != teacher_vocab:
             raise ValueError(
                 f"the pair map covers {pair_map.vocab_size} tokens but the teacher has {teacher_vocab}; "
