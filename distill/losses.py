@@ -13,6 +13,12 @@ hand-made tensors and reused by any trainer. Conventions shared by every functio
 * **Precision.** The math runs in float32 whatever the input dtype (float64 inputs stay float64, which
   the tests use for tight comparisons); the returned loss is float32 (or float64).
 * **Frozen teacher.** Teacher tensors are treated as constants: no gradient ever flows into them.
+
+Longer than our ~600-line guide on purpose: ``kd_loss`` and the fused ``role_reversal_kd_loss`` share one
+chunked autograd function (``_ChunkedKDFunction``, reading its target rows through ``_TeacherRows``), and
+the role-reversal target is built by the same per-chunk code whether it is written whole
+(``role_reversal``) or consumed by the loss. Sections, in order: validation, the KD divergence, the
+hard-label and hidden-state losses, role reversal (alone and fused).
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ class TeacherTarget:
             )
         if self.is_log_probs:
             return self.values
-        return F.log_softmax(self.values.float() / temperature, dim=-1)
+        values = self.values if self.values.dtype == torch.float64 else self.values.float()
+        return F.log_softmax(values / temperature, dim=-1)
 
 
 class TeacherTargets(ABC):
