@@ -8,11 +8,18 @@ computes the gradient chunk by chunk inside its forward and keeps only that, so 
 fraction of the plain one. Target: chunked peak <= 0.35x the plain peak, with the same loss and gradient.
 
     python bench/bench_loss_memory.py [--batch 8] [--seq 1024] [--vocab 50257] [--dtypes fp32,bf16]
-        [--chunk-sizes 1024,256] [--temperature 2.0] [--device cpu|cuda] [--json PATH]
+        [--chunk-sizes 1024,256] [--temperature 2.0] [--role-reversal] [--device cpu|cuda] [--json PATH]
+
+With ``--role-reversal`` (needs ``--vocab`` >= 50257: the GPT-2 tokenizer's pair map), the KD loss
+against the role-reversal target (``perturbation=max``, every row gendered from a quarter of the way in,
+its counterfactual logits an input like the teacher's) is measured two ways per chunk size: the target
+written whole by ``role_reversal`` and read back by ``kd_loss`` (``rr_whole``), and fused
+(``role_reversal_kd_loss``, ``rr_fused``), which never writes it; the fused one is checked against the
+whole one.
 
 Measured in one run on one machine. The two implementations are ``kd_loss`` (chunked, custom autograd;
 one row per ``--chunk-sizes`` entry, 1024 being the trainer's ``kd_chunk_size`` default) and
-``kd_loss_reference`` (the plain one in ``distill/losses.py``), both with forward KL at
+``kd_loss_reference`` (the plain one in ``tests/references.py``), both with forward KL at
 ``--temperature`` (2.0, the trainer default), student logits with ``requires_grad`` and a frozen teacher,
 same dtype. Each measurement runs in a fresh subprocess, one after the other, so that one variant's
 allocator state cannot hide or inflate the other's, and so that only one variant's tensors are in
@@ -123,13 +130,50 @@ def _inputs(args: argparse.Namespace):
     return student.requires_grad_(), teacher
 
 
-def _loss_fn(variant: str, args: argparse.Namespace):
-    from distill.losses import kd_loss, kd_loss_reference
+def _loss_fn(variant: str, args: argparse.Namespace, teacher):
+    """``fn(student, teacher)`` of a variant. The role-reversal ones make their pair map and the
+    counterfactual logits (inputs, like the teacher's) here, before any measurement starts."""
+    from distill.losses import kd_loss
+    from tests.references import kd_loss_reference
 
     if variant == "reference":
         return lambda s, t: kd_loss_reference(s, t, temperature=args.temperature)
-    chunk = int(variant.removeprefix("chunked"))
-    return lambda s, t: kd_loss(s, t, temperature=args.temperature, chunk_size=chunk)
+    if variant.startswith("chunked"):
+        chunk = int(variant.removeprefix("chunked"))
+        return lambda s, t: kd_loss(s, t, temperature=args.temperature, chunk_size=chunk)
+    return _role_reversal_fn(variant, args, teacher)
+
+
+def _role_reversal_fn(variant: str, args: argparse.Namespace, teacher):
+    import torch
+
+    from counterfactuals import build_pair_map
+    from counterfactuals.cli import load_gpt2_tokenizer_offline
+    from distill.losses import CounterfactualSuffix, kd_loss, role_reversal, role_reversal_kd_loss
+
+    tokenizer = load_gpt2_tokenizer_offline()
+    pair_map = build_pair_map(tokenizer, vocab_size=args.vocab).to(args.device)
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randint(0, len(tokenizer), (args.batch, args.seq), generator=generator).to(args.device)
+    # every row swapped from a quarter of the way in; its counterfactual logits close to the original's
+    start = args.seq // 4
+    counterfactual = torch.empty_like(teacher[:, start:])
+    counterfactual.normal_(generator=torch.Generator(device=args.device).manual_seed(2)).mul_(0.5)
+    counterfactual.add_(teacher[:, start:])
+    rows = torch.arange(args.batch, device=args.device)
+    suffixes = [CounterfactualSuffix(rows, start, counterfactual)]
+    chunk = int(variant.removeprefix("rr_whole").removeprefix("rr_fused"))
+    common = {"temperature": args.temperature, "chunk_size": chunk}
+    reversal = {"context_ids": context, "counterfactual_suffixes": suffixes}
+    if variant.startswith("rr_fused"):
+        return lambda s, t: role_reversal_kd_loss(s, t, pair_map=pair_map, mode="max", **reversal, **common)
+
+    def whole(s, t):
+        with torch.no_grad():
+            target = role_reversal(t, None, pair_map, "max", **reversal, **common)
+        return kd_loss(s, target, teacher_is_log_probs=True, **common)
+
+    return whole
 
 
 def _sync(device: str) -> None:
@@ -167,7 +211,7 @@ def _peak_and_now(device: str) -> tuple[int, int]:
 def measure_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Peak memory beyond the inputs of one forward + backward, and of each phase."""
     student, teacher = _inputs(args)
-    fn = _loss_fn(args.variant, args)
+    fn = _loss_fn(args.variant, args, teacher)
     before = _reset_peak(args.device)
     start = time.perf_counter()
     loss = fn(student, teacher)
@@ -196,7 +240,7 @@ def profile_worker(args: argparse.Namespace) -> dict[str, Any]:
     from torch.profiler._memory_profiler import Action
 
     student, teacher = _inputs(args)
-    fn = _loss_fn(args.variant, args)
+    fn = _loss_fn(args.variant, args, teacher)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
         loss = fn(student, teacher)
@@ -221,14 +265,22 @@ def check_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     student, teacher = _inputs(args)
-    ref_loss = _loss_fn("reference", args)(student, teacher)
+    # the role-reversal variants are held to the target written whole at chunk 1024, the others to the
+    # plain full-vocabulary loss
+    first = args.variant.split(",")[0]
+    base = (
+        f"rr_whole{first.removeprefix('rr_fused').removeprefix('rr_whole')}"
+        if first.startswith("rr_")
+        else "reference"
+    )
+    ref_loss = _loss_fn(base, args, teacher)(student, teacher)
     ref_loss.backward()
     ref_grad, student.grad = student.grad, None
     ref_loss = ref_loss.detach()
     gc.collect()
     out = {}
     for variant in args.variant.split(","):
-        loss = _loss_fn(variant, args)(student, teacher)
+        loss = _loss_fn(variant, args, teacher)(student, teacher)
         loss.backward()
         grad, student.grad = student.grad, None
         max_diff = torch.zeros((), dtype=torch.float32, device=grad.device)
@@ -262,6 +314,7 @@ def run_worker(kind: str, variant: str, dtype: str, args: argparse.Namespace) ->
         dtype,
         *("--batch", str(args.batch), "--seq", str(args.seq), "--vocab", str(args.vocab)),
         *("--temperature", str(args.temperature), "--device", args.device),
+        *(("--role-reversal",) if args.role_reversal else ()),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -296,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default: 2.0)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--role-reversal",
+        action="store_true",
+        help="also measure the KD loss against the role-reversal target, written whole and fused "
+        "(needs --vocab >= 50257, the GPT-2 tokenizer's pair map)",
+    )
     parser.add_argument("--no-profiler", action="store_true", help="skip the torch.profiler cross-check")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--worker", choices=sorted(WORKERS), default=None, help=argparse.SUPPRESS)
@@ -312,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--chunk-sizes must be positive integers, comma-separated, got {args.chunk_sizes!r}")
     if min(args.batch, args.seq, args.vocab) < 1:
         parser.error("--batch, --seq and --vocab must be >= 1")
+    if args.role_reversal and args.vocab < 50257:
+        parser.error("--role-reversal needs --vocab >= 50257 (the pair map is the GPT-2 tokenizer's)")
 
     if args.worker is not None:
         args.dtype = dtypes[0]
@@ -327,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_and_memory(args.device)
     positions = args.batch * args.seq
     variants = ["reference"] + [f"chunked{c}" for c in chunk_sizes]
+    if args.role_reversal:
+        variants += [f"rr_{kind}{c}" for c in chunk_sizes for kind in ("whole", "fused")]
     results: dict[str, dict[str, Any]] = {}
     for dtype in dtypes:
         full = positions * args.vocab * DTYPES[dtype][1]
@@ -339,7 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                 out.update(run_worker("profile", variant, dtype, args))
             entry["variants"][variant] = out
         print(f"  {dtype}: checking the chunked variants against the reference", file=sys.stderr)
-        checks = run_worker("check", ",".join(variants[1:]), dtype, args)
+        checks = run_worker(
+            "check", ",".join(v for v in variants[1:] if not v.startswith("rr_")), dtype, args
+        )
+        if args.role_reversal:
+            checks |= run_worker("check", ",".join(v for v in variants if v.startswith("rr_")), dtype, args)
         for variant, check in checks.items():
             entry["variants"][variant]["check"] = check
         ref_peak = entry["variants"]["reference"]["peak_bytes"]
@@ -391,6 +458,13 @@ def _report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, A
         for variant, out in entry["variants"].items():
             if variant == "reference":
                 name = "plain `kd_loss_reference`"
+            elif variant.startswith("rr_whole"):
+                name = (
+                    f"role reversal written whole + `kd_loss`, chunk_size={variant.removeprefix('rr_whole')}"
+                )
+            elif variant.startswith("rr_fused"):
+                chunk = variant.removeprefix("rr_fused")
+                name = f"role reversal fused, `role_reversal_kd_loss`, chunk_size={chunk}"
             else:
                 name = f"chunked `kd_loss`, chunk_size={variant.removeprefix('chunked')}"
             prof = out.get("profiler_peak_bytes")
@@ -415,7 +489,16 @@ def _report(args: argparse.Namespace, info: dict[str, Any], results: dict[str, A
                 f"{dtype}: chunked (chunk_size=1024, the trainer default) / plain peak = {ratio:.2f}x; "
                 f"target <= {TARGET_RATIO:g}x: {'met' if ratio <= TARGET_RATIO else 'missed'}."
             )
-        chunked = {k: v for k, v in entry["variants"].items() if k != "reference"}
+        if args.role_reversal:
+            chunk = _csv(args.chunk_sizes)[0]
+            whole, fused = entry["variants"][f"rr_whole{chunk}"], entry["variants"][f"rr_fused{chunk}"]
+            plain = entry["variants"][f"chunked{chunk}"]
+            verdicts.append(
+                f"{dtype}: KD with role reversal (chunk_size={chunk}) peak / KD without: fused "
+                f"{fused['peak_bytes'] / plain['peak_bytes']:.2f}x, written whole "
+                f"{whole['peak_bytes'] / plain['peak_bytes']:.2f}x."
+            )
+        chunked = {k: v for k, v in entry["variants"].items() if k.startswith("chunked")}
         best_key = min(chunked, key=lambda k: chunked[k]["ratio_to_reference"])
         if best_key != "chunked1024":
             best = chunked[best_key]["ratio_to_reference"]

@@ -2,7 +2,7 @@
 """Optimizer-step time of plain KD, CF-KD (perturbation) and CF-KD + CDA, by share of gendered rows.
 
 Why: the counterfactual target costs a second teacher view of every row the swap changes and a role
-reversal over the vocabulary at every position. Target (issue 6): a CF-KD step costs at most 1.25x a
+reversal over the vocabulary at every position. Target (issue 17): a CF-KD step costs at most 1.20x a
 plain KD step, even when every row is gendered, with a teacher of about 1.5-2x the student's compute.
 
     python bench/bench_step.py [--steps 5] [--batch-size 10] [--seq-len 128] [--compile] [--modes M ...]
@@ -26,9 +26,12 @@ Configurations, per gendered share:
 * plain KD: ``perturbation`` unset (one teacher pass, KD on the raw logits);
 * CF-KD, fast paths off: the target as computed before the fast paths (one joint teacher pass over the
   originals and the swapped rows in full, the counterfactual tensor assembled with ``index_copy``,
-  :func:`distill.losses.role_reversal_reference`): :func:`distill.trainer.reference_teacher_target`;
-* CF-KD, no prefix sharing: the fast role reversal, swapped rows still read in full (joint pass);
-* CF-KD, fast paths on: the defaults (fast role reversal, prefix sharing, joint pass);
+  ``role_reversal_reference``): ``reference_teacher_target`` (both in ``tests/references.py``);
+* CF-KD, no prefix sharing: the fused role reversal, swapped rows still read in full (joint pass);
+* CF-KD, role reversal not fused: prefix sharing on, but the role-reversal target written whole
+  (``role_reversal``) and read back by ``kd_loss`` -- the default before issue 17;
+* CF-KD, fast paths on: the defaults (prefix sharing, joint pass, role reversal fused into the KD
+  loss's chunks: ``role_reversal_kd_loss``);
 * CF-KD + CDA: the defaults on batches whose gendered blocks come from the *swapped* text (two-sided
   CDA adds the swapped copy of every gendered example; the copies are gendered too, so at a given
   gendered share a CDA step costs what a CF-KD step costs: this row checks that on the copies' own
@@ -69,11 +72,12 @@ from fairdistill.demo import (  # noqa: E402
     load_sample_corpus,
 )
 
-TARGET_RATIO = 1.25
+TARGET_RATIO = 1.20
 MODES = {
     "plain": "plain KD",
     "cf_reference": "CF-KD, fast paths off",
-    "cf_no_sharing": "CF-KD, fast role reversal, prefix sharing off",
+    "cf_no_sharing": "CF-KD, fused role reversal, prefix sharing off",
+    "cf_unfused": "CF-KD, role reversal not fused (target written whole)",
     "cf_fast": "CF-KD, fast paths on",
     "cf_cda": "CF-KD + CDA, fast paths on",
     "plain_bf16": "plain KD, bf16 teacher",
@@ -179,16 +183,34 @@ def build_model(arch: str, vocab: int, d_model: int, layers: int, heads: int, le
 
 def make_trainers(args, teachers, student, tokenizer, pair_map, output_dir: Path) -> dict[str, Any]:
     from distill.config import DistillationConfig
-    from distill.trainer import CounterfactualDistillationTrainer, reference_teacher_target
+    from distill.teacher_targets import TeacherTarget, TeacherTargets
+    from distill.trainer import CounterfactualDistillationTrainer
+    from tests.references import reference_teacher_target
 
-    class ReferencePathTrainer(CounterfactualDistillationTrainer):
+    class ReferenceTargets(TeacherTargets):
         """The CF-KD target computed as before the fast paths (see the module docstring)."""
 
-        def _teacher_targets(self, input_ids, attention_mask, need_hidden):
+        def __init__(self, trainer) -> None:
+            self.trainer = trainer
+
+        def __call__(self, inputs, *, need_hidden):
+            t = self.trainer
             target = reference_teacher_target(
-                self.teacher, self.pair_map, self.args, input_ids, attention_mask, joint=True
+                t.teacher, t.pair_map, t.args, inputs["input_ids"], inputs.get("attention_mask"), joint=True
             )
-            return target, None, 0.0
+            return TeacherTarget(target, is_log_probs=True)
+
+    class UnfusedTargets(TeacherTargets):
+        """The live targets with the role-reversal target written whole, as before issue 17."""
+
+        def __init__(self, live, args) -> None:
+            self.live, self.args = live, args
+
+        def __call__(self, inputs, *, need_hidden):
+            target = self.live(inputs, need_hidden=need_hidden)
+            with torch.inference_mode():
+                values = target.log_probs(self.args.temperature, self.args.kd_chunk_size)
+            return TeacherTarget(values, is_log_probs=True, hidden=target.hidden)
 
     common = {
         "output_dir": str(output_dir),
@@ -207,7 +229,8 @@ def make_trainers(args, teachers, student, tokenizer, pair_map, output_dir: Path
             CounterfactualDistillationTrainer,
             {"perturbation": "max", "teacher_dtype": "bfloat16"},
         ),
-        "cf_reference": (ReferencePathTrainer, {"perturbation": "max"}),
+        "cf_reference": (CounterfactualDistillationTrainer, {"perturbation": "max"}),
+        "cf_unfused": (CounterfactualDistillationTrainer, {"perturbation": "max"}),
         "cf_no_sharing": (
             CounterfactualDistillationTrainer,
             {"perturbation": "max", "teacher_prefix_sharing": False},
@@ -229,6 +252,10 @@ def make_trainers(args, teachers, student, tokenizer, pair_map, output_dir: Path
             pair_map=pair_map if "perturbation" in extra else None,
             processing_class=tokenizer,
         )
+        if mode == "cf_reference":
+            trainer.teacher_targets = ReferenceTargets(trainer)
+        elif mode == "cf_unfused":
+            trainer.teacher_targets = UnfusedTargets(trainer.teacher_targets, trainer.args)
         trainer.create_optimizer()
         # what Trainer.train does through accelerate's prepare(): the student compiled, the optimiser
         # on its parameters; the teacher, the target and the KD loss stay eager
@@ -264,6 +291,14 @@ def ratio_base(mode: str) -> str:
     return "plain"
 
 
+def kd_loss_on(target: torch.Tensor, logits: torch.Tensor, args) -> float:
+    from distill.losses import kd_loss
+
+    return kd_loss(
+        logits, target, temperature=args.temperature, chunk_size=args.kd_chunk_size, teacher_is_log_probs=True
+    ).item()
+
+
 def optimizer_step(trainer, batch: dict[str, torch.Tensor]) -> None:
     model = trainer.step_model
     model.train()
@@ -285,8 +320,9 @@ def cpu_median(fn, repeat: int = 3) -> float:
 
 def cost_breakdown(trainers: dict[str, Any], batch: dict[str, torch.Tensor]) -> dict[str, float]:
     """CPU seconds of the pieces of the teacher target on one all-gendered batch (median of 3)."""
-    from distill.losses import role_reversal, role_reversal_reference
-    from distill.trainer import teacher_logits_with_counterfactuals
+    from distill.losses import kd_loss, role_reversal, role_reversal_kd_loss
+    from distill.teacher_targets import teacher_logits_with_counterfactuals
+    from tests.references import role_reversal_reference
 
     trainer = trainers["cf_fast"]
     teacher, pair_map, args = trainer.teacher, trainer.pair_map, trainer.args
@@ -316,10 +352,48 @@ def cost_breakdown(trainers: dict[str, Any], batch: dict[str, torch.Tensor]) -> 
             counterfactual_suffixes=out.suffixes,
         )
 
+    def fused_loss(out, student):
+        return role_reversal_kd_loss(
+            student,
+            out.logits[:, :-1],
+            pair_map=pair_map,
+            mode=args.perturbation,
+            context_ids=ids[:, :-1],
+            counterfactual_suffixes=out.suffixes,
+            temperature=args.temperature,
+            chunk_size=args.kd_chunk_size,
+        )
+
+    def unfused_loss(out, student):
+        with torch.inference_mode():
+            target = fast_reversal(out)
+        return kd_loss(
+            student,
+            target,
+            temperature=args.temperature,
+            chunk_size=args.kd_chunk_size,
+            teacher_is_log_probs=True,
+        )
+
     with torch.inference_mode():
         shared, full = passes(True), passes(False)
+    student = torch.randn(shared.logits[:, :-1].shape).requires_grad_()
+    losses = {
+        "KD loss forward + backward, role reversal fused (suffixes of the sharing passes)": cpu_median(
+            lambda: fused_loss(shared, student).backward()
+        ),
+        "KD loss forward + backward, role reversal written whole, then kd_loss": cpu_median(
+            lambda: unfused_loss(shared, student).backward()
+        ),
+        "KD loss forward + backward, plain KD (raw teacher logits)": cpu_median(
+            lambda: kd_loss(
+                student, shared.logits[:, :-1], temperature=args.temperature, chunk_size=args.kd_chunk_size
+            ).backward()
+        ),
+    }
+    with torch.inference_mode():
         counterfactual = full.suffixes[0].logits  # every row swapped: one suffix from position 0
-        return {
+        return losses | {
             "one teacher pass (plain KD's target)": cpu_median(
                 lambda: teacher(input_ids=ids, use_cache=False)
             ),
@@ -417,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from counterfactuals import build_pair_map
-    from distill.trainer import reference_teacher_target
+    from tests.references import reference_teacher_target
 
     hf_logging.set_verbosity_error()
     info = machine()
@@ -452,11 +526,17 @@ def main(argv: list[str] | None = None) -> int:
         trainers_used = set(trainers)
         # fast and reference targets on one all-gendered batch: the fast path computes the same target
         check = make_batch(pools, 1.0, args.batch_size, 0, cda=False)
-        fast_target, _, _ = trainers["cf_fast"]._teacher_targets(check["input_ids"], None, False)
-        slow_target = reference_teacher_target(
-            teacher, trainers["cf_fast"].pair_map, trainers["cf_fast"].args, check["input_ids"], None
-        )
+        fast = trainers["cf_fast"]
+        live = fast.teacher_targets({"input_ids": check["input_ids"]}, need_hidden=False)
+        fast_target = live.log_probs(fast.args.temperature, fast.args.kd_chunk_size)
+        slow_target = reference_teacher_target(teacher, fast.pair_map, fast.args, check["input_ids"], None)
         target_gap = (fast_target - slow_target).abs().max().item()
+        # and the fused loss against kd_loss on the reference target, on the same student logits
+        with torch.no_grad():
+            logits = fast.model(input_ids=check["input_ids"], use_cache=False).logits[:, :-1]
+        fused_loss = live.kd_loss(logits, None, fast.args).item()
+        plain_loss = kd_loss_on(slow_target, logits, fast.args)
+        loss_gap = abs(fused_loss - plain_loss) / abs(plain_loss)
         breakdown = cost_breakdown(trainers, check)
         if args.compile:  # the first step compiles: timed on its own, never in the medians
             for mode in ("plain_compiled", "cf_fast_compiled"):
@@ -512,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['python']}, torch {info['torch']}, transformers {info['transformers']}; {info['date']}; load "
         f"average at start {format_load(info['load_average'])}, at end {format_load(load_end)}.",
         f"Fast target vs reference target on an all-gendered batch: max |difference| {target_gap:.2e} "
-        "(log-probabilities).",
+        f"(log-probabilities); fused KD loss vs kd_loss on the reference target: relative difference "
+        f"{loss_gap:.1e}.",
         "",
         "| gendered rows | configuration | step wall s | step CPU s | / plain KD (wall) | / plain KD (CPU) | "
         "teacher tokens read / B*T |",
@@ -567,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_swap": first_swaps,
             "teacher_student_forward_ratio": teacher_s / student_s,
             "target_max_abs_difference": target_gap,
+            "fused_loss_relative_difference": loss_gap,
             "breakdown_cpu_seconds": breakdown,
             "machine": info,
             "load_average_end": load_end,

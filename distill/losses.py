@@ -13,6 +13,12 @@ hand-made tensors and reused by any trainer. Conventions shared by every functio
 * **Precision.** The math runs in float32 whatever the input dtype (float64 inputs stay float64, which
   the tests use for tight comparisons); the returned loss is float32 (or float64).
 * **Frozen teacher.** Teacher tensors are treated as constants: no gradient ever flows into them.
+
+Longer than our ~600-line guide on purpose: ``kd_loss`` and the fused ``role_reversal_kd_loss`` share one
+chunked autograd function (``_ChunkedKDFunction``, reading its target rows through ``_TeacherRows``), and
+the role-reversal target is built by the same per-chunk code whether it is written whole
+(``role_reversal``) or consumed by the loss. Sections, in order: validation, the KD divergence, the
+hard-label and hidden-state losses, role reversal (alone and fused).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +40,12 @@ __all__ = [
     "IGNORE_INDEX",
     "SCOPES",
     "causal_lm_loss",
+    "combine",
     "hidden_cosine_loss",
     "kd_loss",
     "CounterfactualSuffix",
-    "kd_loss_reference",
     "role_reversal",
-    "role_reversal_reference",
+    "role_reversal_kd_loss",
 ]
 
 IGNORE_INDEX = -100
@@ -207,20 +213,41 @@ def _chunk_divergence(
     return row, dz
 
 
+class _TeacherRows:
+    """The rows of a teacher tensor, as given (raw logits, or log-probabilities used as is), that
+    :class:`_ChunkedKDFunction` reads a chunk at a time. The fused role-reversal loss reads its target
+    through the same two methods (:class:`_RoleReversalRows`)."""
+
+    def __init__(self, teacher: torch.Tensor, is_log_probs: bool) -> None:
+        self.teacher, self.is_log_probs = teacher, is_log_probs
+
+    def groups(
+        self, pos_b: torch.Tensor, pos_t: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
+        """The counted positions split into groups whose rows are built alike: here, one group."""
+        return [(pos_b, pos_t, None)]
+
+    def rows(self, b: torch.Tensor, t: torch.Tensor, group: Any, device: torch.device) -> torch.Tensor:
+        # The teacher may live on another device (e.g. offloaded to CPU): one chunk is moved at a time.
+        where = self.teacher.device
+        return self.teacher[b.to(where), t.to(where)].to(device)
+
+
 class _ChunkedKDFunction(torch.autograd.Function):
     """Chunked KD divergence whose forward also produces d(loss)/d(student logits).
 
     Only that gradient (one tensor shaped and typed like the student logits) is kept for backward; the
     float32 softmaxes of a chunk are freed before the next chunk starts. Backward is a multiplication by
     ``grad_output``. This is the Liger-kernel pattern: it trades nothing in FLOPs (the gradient has to be
-    computed anyway) for never holding ``(B*T, V)`` float32 activations.
+    computed anyway) for never holding ``(B*T, V)`` float32 activations. ``teacher`` gives the target
+    rows of each chunk (:class:`_TeacherRows`, or :class:`_RoleReversalRows`, which builds them).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         student: torch.Tensor,
-        teacher: torch.Tensor,
+        teacher: _TeacherRows,
         pos_b: torch.Tensor,
         pos_t: torch.Tensor,
         normaliser: float,
@@ -228,7 +255,6 @@ class _ChunkedKDFunction(torch.autograd.Function):
         beta: float,
         scale: float,
         chunk_size: int,
-        teacher_is_log_probs: bool,
     ) -> torch.Tensor:
         dtype = _compute_dtype(student)
         ctx.student_meta = (student.shape, student.dtype, student.device)
@@ -247,28 +273,25 @@ class _ChunkedKDFunction(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=dtype, device=student.device)
         # loss = scale / normaliser * sum_rows L(s / tau)  =>  dloss/ds = scale / (tau * normaliser) * dL/dz
         grad_coef = scale / (temperature * normaliser)
-        teacher_pos_b, teacher_pos_t = pos_b.to(teacher.device), pos_t.to(teacher.device)
-        for start in range(0, n_positions, chunk_size):
-            b, t = pos_b[start : start + chunk_size], pos_t[start : start + chunk_size]
-            # Gathering rows (instead of reshaping the whole tensor) keeps non-contiguous inputs such as
-            # logits[:, :-1] copy-free, skips masked positions entirely, and lets the teacher logits live on
-            # another device (e.g. offloaded to CPU) -- only one chunk of them is moved at a time.
-            # Advanced indexing gathers copies, which _chunk_divergence may overwrite; passed without a
-            # name here so that the callee holds the only reference and can free them as it goes.
-            row, dz = _chunk_divergence(
-                student[b, t],
-                teacher[
-                    teacher_pos_b[start : start + chunk_size], teacher_pos_t[start : start + chunk_size]
-                ].to(student.device),
-                temperature,
-                beta,
-                teacher_is_log_probs,
-                dtype,
-            )
-            loss_sum += row.sum()
-            if keep_grad:
-                grad[b, t] = dz.mul_(grad_coef).to(grad_dtype)
-            del row, dz
+        for group_b, group_t, group in teacher.groups(pos_b, pos_t):
+            for start in range(0, group_b.numel(), chunk_size):
+                b, t = group_b[start : start + chunk_size], group_t[start : start + chunk_size]
+                # Gathering rows (instead of reshaping the whole tensor) keeps non-contiguous inputs such as
+                # logits[:, :-1] copy-free and skips masked positions entirely. Advanced indexing gathers
+                # copies, which _chunk_divergence may overwrite; passed without a name here so that the
+                # callee holds the only reference and can free them as it goes.
+                row, dz = _chunk_divergence(
+                    student[b, t],
+                    teacher.rows(b, t, group, student.device),
+                    temperature,
+                    beta,
+                    teacher.is_log_probs,
+                    dtype,
+                )
+                loss_sum += row.sum()
+                if keep_grad:
+                    grad[b, t] = dz.mul_(grad_coef).to(grad_dtype)
+                del row, dz
 
         ctx.has_grad = keep_grad
         ctx.scaled_in_place = False
@@ -279,7 +302,7 @@ class _ChunkedKDFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor) -> tuple:  # type: ignore[override]
-        n_no_grad = 9  # teacher (frozen), pos_b, pos_t and the six Python arguments get no gradient
+        n_no_grad = 8  # the teacher rows (frozen), pos_b, pos_t and the five Python arguments get no gradient
         if not ctx.has_grad:
             shape, dtype, device = ctx.student_meta
             return (torch.zeros(shape, dtype=dtype, device=device),) + (None,) * n_no_grad
@@ -386,76 +409,41 @@ def kd_loss(
     several of alive in its autograd graph). Double backward is not supported.
     """
     _check_kd_inputs(student_logits, teacher_logits, mask, temperature, beta, chunk_size)
-    items = _as_item_count(num_items_in_batch)
     if student_logits.dim() == 2:
         # (N, V) is a batch of one sequence; unsqueeze is a view, so gradients still land on the input.
         student_logits, teacher_logits = student_logits.unsqueeze(0), teacher_logits.unsqueeze(0)
         mask = mask.unsqueeze(0) if mask is not None else None
+    teacher = _TeacherRows(teacher_logits, bool(teacher_is_log_probs))
+    return _chunked_kd(
+        student_logits,
+        teacher,
+        mask,
+        temperature,
+        beta,
+        scale_by_temperature_squared,
+        num_items_in_batch,
+        chunk_size,
+    )
+
+
+def _chunked_kd(
+    student_logits: torch.Tensor,
+    teacher: _TeacherRows,
+    mask: torch.Tensor | None,
+    temperature: float,
+    beta: float,
+    scale_by_temperature_squared: bool,
+    num_items_in_batch: int | torch.Tensor | None,
+    chunk_size: int,
+) -> torch.Tensor:
+    """The normaliser, the counted positions and the autograd call shared by both KD entry points."""
+    items = _as_item_count(num_items_in_batch)
     pos_b, pos_t = _positions(student_logits.shape[:-1], mask, student_logits.device)
     normaliser = items if items is not None else float(pos_b.numel())
     scale = float(temperature) ** 2 if scale_by_temperature_squared else 1.0
     return _ChunkedKDFunction.apply(
-        student_logits,
-        teacher_logits,
-        pos_b,
-        pos_t,
-        normaliser,
-        float(temperature),
-        float(beta),
-        scale,
-        chunk_size,
-        bool(teacher_is_log_probs),
+        student_logits, teacher, pos_b, pos_t, normaliser, float(temperature), float(beta), scale, chunk_size
     )
-
-
-def kd_loss_reference(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    beta: float = 0.0,
-    scale_by_temperature_squared: bool = True,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    teacher_is_log_probs: bool = False,
-) -> torch.Tensor:
-    """Plain, unchunked, full-vocabulary implementation of :func:`kd_loss` (same semantics).
-
-    Written the obvious way with ``log_softmax`` / ``F.kl_div`` (mirroring TRL's ``generalized_jsd_loss``)
-    and differentiated by autograd. It materialises several ``(B*T, V)`` float32 tensors and keeps them
-    alive for backward, so it is meant only as the ground truth that tests and benchmarks check the
-    chunked :func:`kd_loss` against.
-    """
-    _check_kd_inputs(student_logits, teacher_logits, mask, temperature, beta, chunk_size=1)
-    items = _as_item_count(num_items_in_batch)
-    dtype = _compute_dtype(student_logits)
-
-    log_ps = F.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
-    teacher = teacher_logits.detach().to(device=student_logits.device, dtype=dtype)
-    log_pt = teacher if teacher_is_log_probs else F.log_softmax(teacher / temperature, dim=-1)
-
-    # F.kl_div(input, target, log_target=True) = exp(target) * (target - input) = KL(target || input).
-    if beta == 0.0:
-        per_position = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)
-    elif beta == 1.0:
-        per_position = F.kl_div(log_pt, log_ps, reduction="none", log_target=True).sum(-1)
-    else:
-        log_m = torch.logsumexp(torch.stack([log_ps + math.log(1.0 - beta), log_pt + math.log(beta)]), dim=0)
-        kl_teacher = F.kl_div(log_m, log_pt, reduction="none", log_target=True).sum(-1)
-        kl_student = F.kl_div(log_m, log_ps, reduction="none", log_target=True).sum(-1)
-        per_position = beta * kl_teacher + (1.0 - beta) * kl_student
-
-    if mask is not None:
-        counted = mask.to(per_position.device) != 0
-        per_position = torch.where(counted, per_position, 0.0)
-        count = int(counted.sum())
-    else:
-        count = per_position.numel()
-    normaliser = items if items is not None else float(count)
-    if normaliser == 0:
-        return per_position.sum() * 0.0
-    scale = float(temperature) ** 2 if scale_by_temperature_squared else 1.0
-    return per_position.sum() * (scale / normaliser)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -565,11 +553,29 @@ def hidden_cosine_loss(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Counterfactual role reversal: the perturbed teacher target
+# Counterfactual role reversal: the perturbed teacher target, alone or fused into the KD loss
 # ----------------------------------------------------------------------------------------------------
 
 COMBINE_MODES = ("max", "mean", "expMean")
 SCOPES = ("all", "gendered")
+_LOG_2 = math.log(2.0)
+
+
+def combine(
+    mode: str, log_p: torch.Tensor, log_q: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The combination rule of role reversal, in log space: the log of the unnormalised combined
+    distribution r of the original view p and the mapped-back counterfactual view q --
+    ``max``: max(p, q); ``mean``: (p + q) / 2; ``expMean``: sqrt(p q), the geometric mean (a token q
+    gives no mass stays at 0). The one place the rule is written: the gendered columns, the whole
+    vocabulary (scope ``all``), the fused loss and the teacher cache all come here. ``out`` may be
+    ``log_p`` itself (in place)."""
+    if mode == "max":
+        return torch.maximum(log_p, log_q, out=out)
+    if mode == "mean":
+        return torch.logaddexp(log_p, log_q, out=out).sub_(_LOG_2)
+    # expMean: add and halve, not lerp, which would turn -inf + -inf into NaN
+    return torch.add(log_p, log_q, out=out).mul_(0.5)
 
 
 class CounterfactualSuffix(NamedTuple):
@@ -603,7 +609,8 @@ def role_reversal(
     context and :math:`\tilde p = \mathrm{softmax}(\tilde t/\tau)` on the gender-swapped one, the
     counterfactual view is mapped back to the original's vocabulary roles,
     :math:`q(w) = \tilde p(\sigma(w))` (``pair_map.map_back``: mass-conserving for the many-to-one
-    pairs, " her" split between " his"/" him" as :math:`p` weighs them), then combined:
+    pairs, " her" split between " his"/" him" as :math:`p` weighs them), then combined
+    (:func:`combine`):
 
     * ``max``: :math:`r = \max(p, q)`; ``mean``: :math:`r = (p + q)/2`;
       ``expMean``: :math:`r = \sqrt{p\,q}` (geometric mean);
@@ -614,14 +621,15 @@ def role_reversal(
     (``counterfactual_logits`` None or equal to ``teacher_logits``) every one-to-one pair gets equal
     probability under every mode: that is what evens out "the nurse said that [he|she]".
 
-    Computes what :func:`role_reversal_reference` computes (up to float rounding; the tests hold it to
-    that), with fewer passes over the vocabulary. The swap moves mass only between the gendered tokens
-    ``G`` (``pair_map.gendered_ids``, about 2% of GPT-2's vocabulary), so :math:`q = \tilde p` outside
-    ``G`` and ``map_back`` and the combination run on the ``G`` columns only. Where the context is
-    neutral (:math:`\tilde p = p`) or ``scope="gendered"``, every other token keeps :math:`p`, so the
-    normaliser is :math:`1 - \sum_G p + \sum_G r` and the whole position costs one ``log_softmax``
-    and one subtraction over the vocabulary (positions whose ``G`` mass exceeds 1/2, where that
-    difference would lose precision, are renormalised exactly afterwards).
+    Computes what ``tests/references.py``'s ``role_reversal_reference`` computes (up to float rounding;
+    the tests hold it to that), with fewer passes over the vocabulary. The swap moves mass only between
+    the gendered tokens ``G`` (``pair_map.gendered_ids``, about 2% of GPT-2's vocabulary), so
+    :math:`q = \tilde p` outside ``G`` and ``map_back`` and the combination run on the ``G`` columns
+    only. Where the context is neutral (:math:`\tilde p = p`) or ``scope="gendered"``, every other token
+    keeps :math:`p`, so the normaliser is :math:`1 - \sum_G p + \sum_G r` and the whole position costs
+    one ``logsumexp`` and one subtraction over the vocabulary (positions whose ``G`` mass exceeds 1/2,
+    where that difference would lose precision, are renormalised exactly). :func:`role_reversal_kd_loss`
+    computes the same target a chunk at a time inside the KD loss, never writing it whole.
 
     Args:
         teacher_logits: ``(..., V)`` teacher logits on the original context.
@@ -638,123 +646,250 @@ def role_reversal(
         counterfactual_suffixes: instead of ``counterfactual_logits``, for ``(B, T, V)`` teacher
             logits: the counterfactual logits of the rows the swap changed, each from the position where
             its context first differs (:class:`CounterfactualSuffix`; a row in at most one). Every
-            position no suffix covers is a neutral context (:math:`\tilde p = p`). This is what the
-            trainer passes: no ``(B, T, V)`` counterfactual tensor is ever assembled.
+            position no suffix covers is a neutral context (:math:`\tilde p = p`). No ``(B, T, V)``
+            counterfactual tensor is ever assembled.
 
     Returns:
         float32 (float64 for float64 input) log-probabilities, no gradient (the teacher is frozen).
     """
-    _check_role_reversal(
-        teacher_logits, counterfactual_logits, pair_map, mode, temperature, scope, chunk_size
+    lead, vocab = teacher_logits.shape[:-1], teacher_logits.shape[-1]
+    if counterfactual_suffixes is None:
+        # any leading shape: one row of N positions (a full counterfactual tensor is a suffix from 0)
+        teacher_logits = teacher_logits.reshape(1, -1, vocab)
+        if context_ids is not None and context_ids.numel() == teacher_logits.shape[1]:
+            context_ids = context_ids.reshape(1, -1)
+        if counterfactual_logits is not None and counterfactual_logits.shape[:-1] == lead:
+            counterfactual_logits = counterfactual_logits.reshape(1, -1, vocab)
+    target = _RoleReversalRows(
+        teacher_logits,
+        counterfactual_logits,
+        counterfactual_suffixes,
+        pair_map,
+        mode,
+        temperature=temperature,
+        scope=scope,
+        context_ids=context_ids,
+        chunk_size=chunk_size,
+        lead=lead,
     )
-    if counterfactual_suffixes is not None and counterfactual_logits is not None:
-        raise ValueError("give counterfactual_logits or counterfactual_suffixes, not both")
-    dtype = _compute_dtype(teacher_logits)
-    vocab = teacher_logits.shape[-1]
-    lead = teacher_logits.shape[:-1]
-    teacher = teacher_logits.detach().reshape(-1, vocab)
-    context = _flat_context(context_ids, lead, teacher)
-    runs = _counterfactual_runs(teacher_logits, counterfactual_logits, counterfactual_suffixes)
-    if pair_map.sigma.device != teacher.device:
-        pair_map = pair_map.to(teacher.device)
-    gendered = pair_map.gendered_ids
-    on_gendered = _restricted_to_gendered(pair_map)
-    out = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
-    # sum of p over G at the positions normalised by the shortcut (0 elsewhere), for the exact fix-up
-    gendered_mass = torch.zeros(teacher.shape[0], dtype=dtype, device=teacher.device)
+    n_rows, length = teacher_logits.shape[:2]
+    out = torch.empty(n_rows * length, vocab, dtype=target.dtype, device=teacher_logits.device)
+    positions = torch.arange(n_rows * length, device=teacher_logits.device)
     with torch.no_grad():
-        for first, length, counterfactual in runs:
-            for offset in range(0, length, chunk_size):
-                rows = slice(first + offset, first + min(offset + chunk_size, length))
-                log_p = F.log_softmax(_softened(teacher[rows], temperature, dtype), dim=-1)
-                log_p_g = log_p.index_select(-1, gendered)
-                p_g = log_p_g.exp()
-                log_cf = None
-                if counterfactual is None:
-                    p_cf_g = p_g
-                else:
-                    cf_rows = counterfactual[offset : offset + chunk_size]
-                    log_cf = F.log_softmax(_softened(cf_rows, temperature, dtype), dim=-1)
-                    p_cf_g = log_cf.index_select(-1, gendered).exp()
-                q_g = on_gendered.map_back(p_cf_g, p_g, None if context is None else context[rows])
-                log_r_g = _combine(mode, p_g, q_g, log_p_g)
-                target = out[rows]  # a view: everything below writes into `out`
-                if log_cf is None or scope == "gendered":
-                    # every token outside G keeps p, so sum r = (1 - sum_G p) + sum_G r
-                    mass = p_g.sum(-1)
-                    log_z = ((1.0 - mass).clamp_min(0.0) + log_r_g.exp().sum(-1)).log().unsqueeze(-1)
-                    torch.sub(log_p, log_z, out=target)
-                    target.index_copy_(-1, gendered, log_r_g - log_z)
-                    gendered_mass[rows] = mass
-                    continue
-                # scope "all" with a counterfactual: outside G, q is the counterfactual p itself
-                if mode == "max":
-                    torch.maximum(log_p, log_cf, out=target)
-                elif mode == "mean":  # log(p + q); _combine's log((p + q) / 2) gets the same log 2 back
-                    torch.logaddexp(log_p, log_cf, out=target)
-                    log_r_g = log_r_g + math.log(2.0)
-                else:  # expMean: add + halve, not lerp, which would turn -inf + -inf into NaN
-                    torch.add(log_p, log_cf, out=target).mul_(0.5)
-                target.index_copy_(-1, gendered, log_r_g)
-                # normalise: log_softmax is one fused pass (logsumexp + sub is several, ~2x slower on CPU)
-                target.copy_(F.log_softmax(target, dim=-1))
-        # 1 - sum_G p loses relative precision as sum_G p nears 1: renormalise those positions exactly
-        # (one host sync per call; only those positions pay for it)
-        uncertain = (gendered_mass > 0.5).nonzero().squeeze(-1)
-        if uncertain.numel():
-            rows = out.index_select(0, uncertain)
-            out.index_copy_(0, uncertain, rows - torch.logsumexp(rows, dim=-1, keepdim=True))
+        for group_b, group_t, group in target.groups(positions // length, positions % length):
+            for start in range(0, group_b.numel(), chunk_size):
+                b, t = group_b[start : start + chunk_size], group_t[start : start + chunk_size]
+                out[b * length + t] = target.rows(b, t, group, out.device)
     return out.reshape(*lead, vocab)
 
 
-def role_reversal_reference(
+def role_reversal_kd_loss(
+    student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    counterfactual_logits: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+    *,
     pair_map: PairMap,
     mode: str,
-    *,
-    temperature: float = 1.0,
     scope: str = "all",
     context_ids: torch.Tensor | None = None,
+    counterfactual_logits: torch.Tensor | None = None,
+    counterfactual_suffixes: Sequence[CounterfactualSuffix] | None = None,
+    temperature: float = 1.0,
+    beta: float = 0.0,
+    scale_by_temperature_squared: bool = True,
+    num_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Plain implementation of :func:`role_reversal` (same semantics): both softmaxes, ``map_back`` and
-    the combination over the whole vocabulary at every position, written the obvious way. Meant only
-    as the ground truth that tests and benchmarks check :func:`role_reversal` against."""
-    _check_role_reversal(
-        teacher_logits, counterfactual_logits, pair_map, mode, temperature, scope, chunk_size
+    r"""KD against the role-reversal target, fused: what
+
+        ``kd_loss(student_logits, role_reversal(teacher_logits, counterfactual_logits, pair_map, mode,
+        temperature=..., scope=..., context_ids=..., counterfactual_suffixes=...), mask,
+        temperature=..., teacher_is_log_probs=True, ...)``
+
+    computes (value and student gradient, up to float rounding; ``tests/test_fused_kd.py`` holds it to
+    that), without the ``(B, T, V)`` float32 target: each chunk of counted positions builds its rows of
+    the target from the teacher logits (and the counterfactual logits of the rows the swap changed) and
+    feeds them straight to the divergence, so the target is never written to memory and read back.
+    Positions the mask drops are never built.
+
+    Args:
+        student_logits: ``(B, T, V)`` student logits, as in :func:`kd_loss`.
+        teacher_logits: ``(B, T, V)`` raw teacher logits on the original context.
+        mask, temperature, beta, scale_by_temperature_squared, num_items_in_batch, chunk_size: as in
+            :func:`kd_loss`; ``temperature`` also softens both teacher views, as in :func:`role_reversal`.
+        pair_map, mode, scope, context_ids, counterfactual_logits, counterfactual_suffixes: as in
+            :func:`role_reversal` (``counterfactual_logits`` ``(B, T, V)`` or ``counterfactual_suffixes``;
+            neither: every context is neutral).
+    """
+    if student_logits.dim() != 3:
+        raise ValueError(
+            f"student_logits must have shape (batch, seq, vocab), got {tuple(student_logits.shape)}"
+        )
+    _check_kd_inputs(student_logits, teacher_logits, mask, temperature, beta, chunk_size)
+    target = _RoleReversalRows(
+        teacher_logits,
+        counterfactual_logits,
+        counterfactual_suffixes,
+        pair_map,
+        mode,
+        temperature=temperature,
+        scope=scope,
+        context_ids=context_ids,
+        chunk_size=chunk_size,
+        lead=teacher_logits.shape[:-1],
     )
-    dtype = _compute_dtype(teacher_logits)
-    vocab = teacher_logits.shape[-1]
-    lead = teacher_logits.shape[:-1]
-    teacher = teacher_logits.detach().reshape(-1, vocab)
-    counterfactual = (
-        None if counterfactual_logits is None else counterfactual_logits.detach().reshape(-1, vocab)
+    return _chunked_kd(
+        student_logits,
+        target,
+        mask,
+        temperature,
+        beta,
+        scale_by_temperature_squared,
+        num_items_in_batch,
+        chunk_size,
     )
-    context = _flat_context(context_ids, lead, teacher)
-    if pair_map.sigma.device != teacher.device:
-        pair_map = pair_map.to(teacher.device)
-    gendered = pair_map.gendered_ids
-    out = torch.empty(teacher.shape, dtype=dtype, device=teacher.device)
-    with torch.no_grad():
-        for start in range(0, teacher.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            log_p = F.log_softmax(teacher[rows].to(dtype) / temperature, dim=-1)
-            p = log_p.exp()
-            p_cf = (
-                p
-                if counterfactual is None
-                else F.softmax(counterfactual[rows].to(dtype) / temperature, dim=-1)
+
+
+class _RoleReversalRows(_TeacherRows):
+    """Rows of the role-reversal target (log-probabilities), built a chunk of positions at a time
+    from ``(B, T, V)`` teacher logits and the counterfactual logits of the rows the swap changed.
+
+    :meth:`groups` splits the positions asked for into the neutral ones (no counterfactual view:
+    :math:`\tilde p = p`) and, per :class:`CounterfactualSuffix`, the ones it covers, so that every chunk
+    is built one way; :meth:`rows` builds a chunk (:func:`_reversed_rows`)."""
+
+    is_log_probs = True
+
+    def __init__(
+        self,
+        teacher_logits: torch.Tensor,
+        counterfactual_logits: torch.Tensor | None,
+        suffixes: Sequence[CounterfactualSuffix] | None,
+        pair_map: PairMap,
+        mode: str,
+        *,
+        temperature: float,
+        scope: str,
+        context_ids: torch.Tensor | None,
+        chunk_size: int,
+        lead: torch.Size,
+    ) -> None:
+        _check_role_reversal(
+            teacher_logits, counterfactual_logits, pair_map, mode, temperature, scope, chunk_size
+        )
+        if suffixes is not None and counterfactual_logits is not None:
+            raise ValueError("give counterfactual_logits or counterfactual_suffixes, not both")
+        if teacher_logits.dim() != 3:
+            raise ValueError(
+                "counterfactual_suffixes need (batch, seq, vocab) teacher logits, got "
+                f"{tuple(teacher_logits.shape)}"
             )
-            q = pair_map.map_back(p_cf, p, None if context is None else context[rows])
-            if scope == "gendered":
-                # only the gendered tokens are combined; everything else keeps the original teacher's p
-                log_r = log_p.clone()
-                log_r[:, gendered] = _combine(mode, p[:, gendered], q[:, gendered], log_p[:, gendered])
-            else:
-                log_r = _combine(mode, p, q, log_p)
-            out[rows] = log_r - torch.logsumexp(log_r, dim=-1, keepdim=True)
-    return out.reshape(*lead, vocab)
+        if counterfactual_logits is not None:  # the whole tensor: every row from position 0
+            rows = torch.arange(teacher_logits.shape[0], device=teacher_logits.device)
+            suffixes = [CounterfactualSuffix(rows, 0, counterfactual_logits)]
+        self.teacher, self.suffixes = (
+            teacher_logits.detach(),
+            [s._replace(logits=s.logits.detach()) for s in suffixes or ()],
+        )
+        self.dtype = _compute_dtype(teacher_logits)
+        self.mode, self.scope, self.temperature = mode, scope, float(temperature)
+        device = teacher_logits.device
+        if (
+            context_ids is not None
+            and context_ids.numel() != teacher_logits.shape[0] * teacher_logits.shape[1]
+        ):
+            raise ValueError(
+                f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape "
+                f"{tuple(lead)}"
+            )
+        self.context = (
+            None if context_ids is None else context_ids.reshape(teacher_logits.shape[:2]).to(device)
+        )
+        self.pair_map = pair_map if pair_map.sigma.device == device else pair_map.to(device)
+        self.on_gendered = _restricted_to_gendered(self.pair_map)
+        # per batch row: the suffix covering it (-1: none), its row in that suffix, its first position
+        self.start_of_row, self.suffix_of_row, self.row_in_suffix = _suffix_index(
+            teacher_logits, self.suffixes
+        )
+
+    def groups(
+        self, pos_b: torch.Tensor, pos_t: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor, Any]]:
+        if not self.suffixes:
+            return [(pos_b, pos_t, None)]
+        device = pos_b.device
+        start = self.start_of_row.to(device)[pos_b]
+        suffix = torch.where(pos_t >= start, self.suffix_of_row.to(device)[pos_b], -1)
+        out = []
+        for index in range(-1, len(self.suffixes)):
+            chosen = (suffix == index).nonzero().squeeze(-1)
+            if chosen.numel():
+                out.append((pos_b[chosen], pos_t[chosen], None if index < 0 else index))
+        return out
+
+    def rows(self, b: torch.Tensor, t: torch.Tensor, group: Any, device: torch.device) -> torch.Tensor:
+        where = self.teacher.device
+        b, t = b.to(where), t.to(where)
+        counterfactual = None
+        if group is not None:
+            suffix = self.suffixes[group]
+            counterfactual = suffix.logits[self.row_in_suffix.to(where)[b], t - suffix.start]
+        target = _reversed_rows(
+            self.teacher[b, t],
+            counterfactual,
+            None if self.context is None else self.context[b, t],
+            self,
+        )
+        return target.to(device)
+
+
+def _reversed_rows(
+    teacher: torch.Tensor,
+    counterfactual: torch.Tensor | None,
+    context: torch.Tensor | None,
+    spec: _RoleReversalRows,
+) -> torch.Tensor:
+    """The role-reversal target (log-probabilities, ``spec.dtype``) of ``(c, V)`` gathered teacher rows
+    and, where the context differs, their counterfactual rows (None: a neutral context). Both are
+    copies made for this call and are overwritten."""
+    gendered = spec.pair_map.gendered_ids
+    # log_softmax, not x - logsumexp(x): one fused pass (~2x faster on CPU) and the reference's rounding
+    log_p = F.log_softmax(_softened(teacher, spec.temperature, spec.dtype), dim=-1)
+    del teacher
+    log_p_g = log_p.index_select(-1, gendered)
+    p_g = log_p_g.exp()
+    log_cf = None
+    if counterfactual is None:
+        p_cf_g = p_g
+    else:
+        log_cf = F.log_softmax(_softened(counterfactual, spec.temperature, spec.dtype), dim=-1)
+        del counterfactual
+        p_cf_g = log_cf.index_select(-1, gendered).exp_()
+    q_g = spec.on_gendered.map_back(p_cf_g, p_g, context)
+    log_r_g = combine(spec.mode, log_p_g, q_g.log_())
+    if log_cf is not None and spec.scope == "all":
+        # outside G, q is the counterfactual p itself: combine over the whole vocabulary, renormalise
+        combine(spec.mode, log_p, log_cf, out=log_p)
+        del log_cf
+        log_p.index_copy_(-1, gendered, log_r_g)
+        return F.log_softmax(log_p, dim=-1)
+    # every token outside G keeps p, so sum r = (1 - sum_G p) + sum_G r: one subtraction normalises
+    mass = p_g.sum(-1, keepdim=True)
+    log_z = ((1.0 - mass).clamp_min_(0.0) + log_r_g.exp().sum(-1, keepdim=True)).log_()
+    log_p.sub_(log_z).index_copy_(-1, gendered, log_r_g.sub_(log_z))
+    # 1 - sum_G p loses relative precision as sum_G p nears 1: renormalise those rows exactly
+    # (one host sync per chunk; only those rows pay for it)
+    uncertain = (mass.squeeze(-1) > 0.5).nonzero().squeeze(-1)
+    if uncertain.numel():
+        rows = log_p.index_select(0, uncertain)
+        log_p.index_copy_(0, uncertain, rows.sub_(torch.logsumexp(rows, dim=-1, keepdim=True)))
+    return log_p
+
+
+def _softened(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """``logits / temperature`` in ``dtype``, in place: ``logits`` is a gathered copy the caller gives up."""
+    logits = logits.to(dtype)
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 def _check_role_reversal(
@@ -787,44 +922,15 @@ def _check_role_reversal(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
-def _flat_context(
-    context_ids: torch.Tensor | None, lead: torch.Size, teacher: torch.Tensor
-) -> torch.Tensor | None:
-    context = None if context_ids is None else context_ids.reshape(-1).to(teacher.device)
-    if context is not None and context.numel() != teacher.shape[0]:
-        raise ValueError(
-            f"context_ids shape {tuple(context_ids.shape)} must be the logits' leading shape {tuple(lead)}"
-        )
-    return context
-
-
-def _softened(logits: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
-    logits = logits.to(dtype)
-    return logits if temperature == 1.0 else logits / temperature
-
-
-def _counterfactual_runs(
-    teacher_logits: torch.Tensor,
-    counterfactual_logits: torch.Tensor | None,
-    suffixes: Sequence[CounterfactualSuffix] | None,
-) -> list[tuple[int, int, torch.Tensor | None]]:
-    """The flattened positions as runs ``(first, length, counterfactual logits (length, V) or None)``:
-    consecutive positions that share one kind of context (neutral, or with counterfactual logits)."""
-    vocab = teacher_logits.shape[-1]
-    n_positions = teacher_logits.numel() // vocab
-    if suffixes is None:
-        if counterfactual_logits is None:
-            return [(0, n_positions, None)]
-        return [(0, n_positions, counterfactual_logits.detach().reshape(-1, vocab))]
-    if teacher_logits.dim() != 3:
-        raise ValueError(
-            "counterfactual_suffixes need (batch, seq, vocab) teacher logits, got "
-            f"{tuple(teacher_logits.shape)}"
-        )
-    n_rows, length = teacher_logits.shape[:2]
-    start_of_row: list[int] = [length] * n_rows
-    logits_of_row: list[torch.Tensor | None] = [None] * n_rows
-    for suffix in suffixes:
+def _suffix_index(
+    teacher_logits: torch.Tensor, suffixes: Sequence[CounterfactualSuffix]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per batch row: the first position a suffix covers (T: none), which suffix (-1: none) and the
+    row's index inside it. Checks the suffixes' shapes and that no row is in two."""
+    n_rows, length, vocab = teacher_logits.shape
+    start_of_row = [length] * n_rows
+    suffix_of_row, row_in_suffix = [-1] * n_rows, [0] * n_rows
+    for index, suffix in enumerate(suffixes):
         rows = suffix.rows.tolist()
         expected = (len(rows), length - suffix.start, vocab)
         if not 0 <= suffix.start <= length or tuple(suffix.logits.shape) != expected:
@@ -834,23 +940,14 @@ def _counterfactual_runs(
                 f"{tuple(suffix.logits.shape)}"
             )
         for i, row in enumerate(rows):
-            if not 0 <= row < n_rows or logits_of_row[row] is not None:
+            if not 0 <= row < n_rows or suffix_of_row[row] >= 0:
                 raise ValueError(
                     f"counterfactual suffix row {row}: rows must lie in [0, {n_rows}) and appear in one "
                     "suffix at most"
                 )
-            start_of_row[row], logits_of_row[row] = suffix.start, suffix.logits[i].detach()
-    runs: list[tuple[int, int, torch.Tensor | None]] = []
-    for row, start in enumerate(start_of_row):
-        first = row * length
-        if start > 0:
-            if runs and runs[-1][2] is None and runs[-1][0] + runs[-1][1] == first:
-                runs[-1] = (runs[-1][0], runs[-1][1] + start, None)  # neutral rows back to back: one run
-            else:
-                runs.append((first, start, None))
-        if start < length:
-            runs.append((first + start, length - start, logits_of_row[row]))
-    return runs
+            start_of_row[row], suffix_of_row[row], row_in_suffix[row] = suffix.start, index, i
+    device = teacher_logits.device
+    return tuple(torch.tensor(v, device=device) for v in (start_of_row, suffix_of_row, row_in_suffix))
 
 
 def _restricted_to_gendered(pair_map: PairMap) -> PairMap:
@@ -868,12 +965,3 @@ def _restricted_to_gendered(pair_map: PairMap) -> PairMap:
         source_ids=torch.searchsorted(gendered, pair_map.source_ids),
         starts_word=pair_map.starts_word[gendered],
     )
-
-
-def _combine(mode: str, p: torch.Tensor, q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-    """Unnormalised log of the combined distribution."""
-    if mode == "max":
-        return torch.maximum(p, q).log()
-    if mode == "mean":
-        return ((p + q) * 0.5).log()
-    return 0.5 * (log_p + q.log())  # expMean: geometric mean; a token q gives no mass stays at 0

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from transformers import set_seed
 
-from counterfactuals import PairMap, build_pair_map
+from counterfactuals import PairMap
 
 from .config import DistillationConfig
 from .data import PreparedData
@@ -48,7 +48,12 @@ from .student import (
     student_from_teacher_layers,
 )
 from .teacher_cache import attach_teacher_cache, cache_split_dir, read_manifest, run_teacher_dtype
-from .trainer import CounterfactualDistillationTrainer, output_vocab_size, write_resolved_config
+from .trainer import (
+    CounterfactualDistillationTrainer,
+    output_vocab_size,
+    run_pair_map,
+    write_resolved_config,
+)
 
 
 def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None):
@@ -104,11 +109,7 @@ def attach_cached_targets(
 ) -> tuple[PreparedData, PairMap | None]:
     """``data`` with ``config.teacher_cache`` attached to each split (refused when the cache was written
     for other blocks, another teacher, teacher dtype, vocabulary or pair map), and the pair map."""
-    pair_map = None
-    if config.perturbation is not None:
-        pair_map = build_pair_map(
-            tokenizer, names=config.swap_names, lexicon=recipe_lexicon(config), vocab_size=vocab_size
-        )
+    pair_map = run_pair_map(config, tokenizer, vocab_size)
     checks = {
         "vocab_size": vocab_size,
         "pair_map": pair_map,
@@ -137,7 +138,7 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     resume, notes = resolve_resume(config.output_dir, config.resume_from_checkpoint)
     for note in notes:
         print(f"[fairdistill] warning: {note}", file=sys.stderr)
-    lexicon = recipe_lexicon(config)  # a bad lexicon fails before any model loads
+    recipe_lexicon(config)  # a bad lexicon fails before any model loads
     teacher_path = resolve_model_path(config.teacher_name_or_path)
     tokenizer = load_tokenizer(teacher_path, **config.teacher_load_kwargs(tokenizer=True))
     if config.student_init == "pretrained":
@@ -170,9 +171,8 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     if config.teacher_cache is not None:
         teacher = None  # only the student's source: the targets come from the cache
         data, pair_map = attach_cached_targets(config, data, tokenizer, output_vocab_size(student))
-    elif config.perturbation is not None:
-        vocab = output_vocab_size(teacher)
-        pair_map = build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab)
+    else:
+        pair_map = run_pair_map(config, tokenizer, output_vocab_size(teacher))
     if config.process_index == 0:
         warn_if_little_gendered_text(config, data, pair_map)
 

@@ -11,7 +11,9 @@ reversal: the teacher also reads the gender-swapped copy of every row that has a
 counterfactual distribution is mapped back through σ and combined with the original (max / mean /
 expMean). Rows the swap leaves alone reuse the original distribution (no second teacher pass), and a
 swapped row is read again only from its first swapped token, on the original pass's key/value cache
-(``teacher_prefix_sharing``; see :func:`teacher_logits_with_counterfactuals`).
+(``teacher_prefix_sharing``; see :func:`distill.teacher_targets.teacher_logits_with_counterfactuals`). The
+target comes from a :class:`~distill.teacher_targets.TeacherTargets` -- the live teacher, or an offline
+teacher cache when there is no teacher -- and the role reversal is computed inside the KD loss's chunks.
 """
 
 from __future__ import annotations
@@ -23,19 +25,14 @@ import math
 import os
 import time
 from collections import defaultdict
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
-try:  # transformers >= 4.56: caches made of per-layer objects
-    from transformers.cache_utils import DynamicLayer
-except ImportError:  # older caches are never cut: the counterfactual pass then runs in full
-    DynamicLayer = None
-
-from counterfactuals import PairMap, build_pair_map
+from counterfactuals import PairMap, build_pair_map, load_lexicon
 
 from .config import DistillationConfig
 from .guards import (
@@ -46,16 +43,10 @@ from .guards import (
     nonfinite_positions,
     redact_mapping,
 )
-from .losses import (
-    CounterfactualSuffix,
-    causal_lm_loss,
-    hidden_cosine_loss,
-    kd_loss,
-    role_reversal,
-    role_reversal_reference,
-)
+from .losses import causal_lm_loss, hidden_cosine_loss
 from .models import ensure_pad_token, resolve_dtype
-from .teacher_cache import TeacherCacheCollator, cached_teacher_targets, has_teacher_cache
+from .teacher_cache import TeacherCacheCollator
+from .teacher_targets import CachedTeacherTargets, LiveTeacherTargets, TeacherTargets
 from .trainer_data import prepare_dataset
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
@@ -65,6 +56,15 @@ logger = logging.get_logger(__name__)
 def output_vocab_size(model: torch.nn.Module) -> int:
     """Rows of the model's output embedding (the logits' last dimension)."""
     return model.get_output_embeddings().weight.shape[0]
+
+
+def run_pair_map(config: DistillationConfig, tokenizer, vocab_size: int) -> PairMap | None:
+    """The run's token swap: the one place a run builds it (the trainer, and the launcher for a teacher
+    cache). None without perturbation ("perturbation on" is ``config.perturbation is not None``)."""
+    if config.perturbation is None:
+        return None
+    lexicon = None if config.lexicon is None else load_lexicon(config.lexicon)
+    return build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab_size)
 
 
 class SaveResolvedConfigCallback(TrainerCallback):
@@ -83,191 +83,6 @@ def write_resolved_config(args: DistillationConfig, folder: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(args.to_dict(), f, indent=2, sort_keys=True, default=str)
     return path
-
-
-class TeacherLogits(NamedTuple):
-    """What the teacher passes of one batch give :func:`role_reversal`."""
-
-    logits: torch.Tensor  # (B, T, V) on the original rows
-    suffixes: list[CounterfactualSuffix]  # counterfactual logits on the target's positions (:-1)
-    hidden: torch.Tensor | None  # (B, T, H) last hidden state on the original rows, when asked for
-    changed_rows: int  # rows the swap changed
-
-
-def teacher_logits_with_counterfactuals(
-    teacher: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    swapped_ids: torch.Tensor,
-    changed: torch.Tensor,
-    *,
-    need_hidden: bool = False,
-    joint: bool = True,
-    prefix_sharing: bool = True,
-    max_suffix_passes: int = 4,
-) -> TeacherLogits:
-    """The teacher's logits on ``input_ids`` and, for the rows the swap changed, on ``swapped_ids``.
-
-    Without ``prefix_sharing`` every changed row is read again in full, in the same forward pass as the
-    originals when ``joint`` (one larger pass), else in a second one. With it, the counterfactual pass
-    of a row starts at its first swapped token f: a causal teacher's logits at positions < f read the
-    same context in both views, so they are the original's and are not recomputed, and the original
-    pass's key/value cache, cut to the first f positions, stands in for the shared prefix. Rows are
-    grouped by f (at most ``max_suffix_passes`` groups, each starting at its smallest f, chosen to run
-    the fewest teacher tokens); rows whose first swap is at position 0 are read in full (in the
-    original pass when ``joint``), and rows whose only swap is the last token need no pass at all (the
-    target stops one position before it). Teachers whose cache cannot be cut (sliding-window layers)
-    get full passes. Under ``torch.inference_mode`` the result equals the full passes' up to float
-    rounding: tests/test_fast_paths.py checks that on GPT-2 and Llama teachers with padding.
-    """
-    n_rows, length = input_ids.shape
-    rows = changed.nonzero().squeeze(-1)  # host sync: which rows (and how many) need a second view
-    changed_rows = rows.numel()
-    groups: list[tuple[torch.Tensor, int]] = []
-    if rows.numel() and prefix_sharing:
-        first_swap = (swapped_ids[rows] != input_ids[rows]).int().argmax(dim=-1)
-        needed = first_swap < length - 1
-        rows, first_swap = rows[needed], first_swap[needed]
-        for members, start in _suffix_groups(first_swap.tolist(), length, max_suffix_passes):
-            groups.append((rows[members], start))
-    elif rows.numel():
-        groups.append((rows, 0))
-    # rows read from position 0 (one group at most: splitting rows of equal start only adds passes)
-    full_groups = [group_rows for group_rows, start in groups if start == 0]
-    full = torch.cat(full_groups) if full_groups else None
-    shared = [(group_rows, start) for group_rows, start in groups if start > 0]
-    in_original_pass = joint and full is not None
-
-    ids, mask = input_ids, attention_mask
-    if in_original_pass:
-        ids = torch.cat([input_ids, swapped_ids[full]])
-        mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask[full]])
-    out = teacher(
-        input_ids=ids, attention_mask=mask, output_hidden_states=need_hidden, use_cache=bool(shared)
-    )
-    suffixes: list[CounterfactualSuffix] = []
-    if in_original_pass:
-        suffixes.append(CounterfactualSuffix(full, 0, out.logits[n_rows:, :-1]))
-    elif full is not None:
-        cf = teacher(
-            input_ids=swapped_ids[full], attention_mask=_rows_of(attention_mask, full), use_cache=False
-        )
-        suffixes.append(CounterfactualSuffix(full, 0, cf.logits[:, :-1]))
-    layers = _croppable_cache_layers(getattr(out, "past_key_values", None)) if shared else None
-    for group_rows, start in shared:
-        group_mask = _rows_of(attention_mask, group_rows)
-        if layers is None:  # no cache to share: the full pass, of which only the suffix is used
-            cf = teacher(input_ids=swapped_ids[group_rows], attention_mask=group_mask, use_cache=False)
-            suffixes.append(CounterfactualSuffix(group_rows, start, cf.logits[:, start:-1]))
-            continue
-        prefix = DynamicCache()
-        for index, (keys, values) in enumerate(layers):
-            prefix.update(keys[group_rows, :, :start], values[group_rows, :, :start], index)
-        # the mask covers prefix and suffix; position ids follow from the cache length, as in generation
-        cf = teacher(
-            input_ids=swapped_ids[group_rows, start:],
-            attention_mask=group_mask,
-            past_key_values=prefix,
-            use_cache=True,
-        )
-        suffixes.append(CounterfactualSuffix(group_rows, start, cf.logits[:, :-1]))
-    hidden = out.hidden_states[-1][:n_rows] if need_hidden else None
-    return TeacherLogits(out.logits[:n_rows], suffixes, hidden, changed_rows)
-
-
-def _rows_of(attention_mask: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if attention_mask is None else attention_mask[rows]
-
-
-def _suffix_groups(first_swap: list[int], length: int, max_groups: int) -> list[tuple[list[int], int]]:
-    """Groups of row indices and the position each group's counterfactual pass starts at (its smallest
-    first swap), chosen so that the teacher reads the fewest tokens: a group of n rows starting at s
-    reads n * (length - s). At most ``max_groups`` groups (passes), and a further one only where it
-    saves a token. Dynamic programme over the rows sorted by first swap (exact; O(max_groups * n^2)
-    for n swapped rows, nothing next to a forward pass at per-device batch sizes)."""
-    if not first_swap:
-        return []
-    order = sorted(range(len(first_swap)), key=first_swap.__getitem__)
-    starts = [first_swap[i] for i in order]
-    n = len(starts)
-    # best[j]: fewest tokens covering the first j sorted rows; cut[k][j]: where its last group begins
-    best = [0.0] + [math.inf] * n
-    cuts: list[list[int]] = []
-    for _ in range(max_groups):
-        new, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
-        for j in range(1, n + 1):
-            for i in range(j):
-                cost = best[i] + (j - i) * (length - starts[i]) + 1  # + 1: fewer passes on ties
-                if cost < new[j]:
-                    new[j], cut[j] = cost, i
-        if new[n] >= best[n]:
-            break
-        best = new
-        cuts.append(cut)
-    groups, j = [], n
-    for cut in reversed(cuts):
-        i = cut[j]
-        groups.append(([order[k] for k in range(i, j)], starts[i]))
-        j = i
-        if j == 0:
-            break
-    return groups[::-1]
-
-
-def _croppable_cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer (keys, values) of shape (rows, heads, positions, head dim), when the cache holds every
-    position of a plain attention layer (transformers' DynamicLayer); else None (sliding windows,
-    linear attention, caches of older transformers)."""
-    layers = getattr(cache, "layers", None)
-    if not layers or not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
-        return None
-    return [(layer.keys, layer.values) for layer in layers]
-
-
-def reference_teacher_target(
-    teacher: torch.nn.Module,
-    pair_map: PairMap,
-    args: DistillationConfig,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    *,
-    joint: bool = False,
-) -> torch.Tensor:
-    """The role-reversal KD target computed the plain way: a full teacher pass over the originals and
-    over every swapped row (one pass over both when ``joint``, as the trainer did before prefix
-    sharing), the counterfactual logits of unchanged rows copied from the originals, and
-    :func:`role_reversal_reference`. The ground truth tests and benchmarks hold the trainer's fast paths
-    to; never used in training."""
-    with torch.inference_mode():
-        swapped_ids, changed = pair_map.swap_ids(input_ids, attention_mask)
-        rows = changed.nonzero().squeeze(-1)
-        if joint and rows.numel():
-            mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask[rows]])
-            both = teacher(
-                input_ids=torch.cat([input_ids, swapped_ids[rows]]), attention_mask=mask, use_cache=False
-            )
-            logits, cf = both.logits[: len(input_ids)], both.logits[len(input_ids) :]
-        else:
-            logits = teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            cf = None
-            if rows.numel():
-                cf = teacher(
-                    input_ids=swapped_ids[rows],
-                    attention_mask=_rows_of(attention_mask, rows),
-                    use_cache=False,
-                ).logits
-        logits = logits[:, :-1]
-        counterfactual = logits if cf is None else logits.index_copy(0, rows, cf[:, :-1])
-        return role_reversal_reference(
-            logits,
-            counterfactual,
-            pair_map,
-            args.perturbation,
-            temperature=args.temperature,
-            scope=args.perturbation_scope,
-            context_ids=input_ids[:, :-1],
-            chunk_size=args.kd_chunk_size,
-        )
 
 
 class CounterfactualDistillationTrainer(Trainer):
@@ -309,10 +124,15 @@ class CounterfactualDistillationTrainer(Trainer):
                 "tokenizer: build the student from the teacher (student_init=layers or lora) or resize its "
                 "embeddings to the teacher's vocabulary"
             )
+        if pair_map is not None and args.perturbation is None:
+            raise ValueError(
+                "a pair_map was given but perturbation is unset: set perturbation (max, mean or expMean) to "
+                "distil against the role-reversal target, or pass no pair_map for plain KD"
+            )
         if args.perturbation is not None and pair_map is None:
             if processing_class is None:
                 raise ValueError("perturbation needs the tokenizer (processing_class=...) or a pair_map")
-            pair_map = build_pair_map(processing_class, names=args.swap_names, vocab_size=teacher_vocab)
+            pair_map = run_pair_map(args, processing_class, teacher_vocab)
         if pair_map is not None and pair_map.vocab_size != teacher_vocab:
             raise ValueError(
                 f"the pair map covers {pair_map.vocab_size} tokens but the teacher has {teacher_vocab}; "
@@ -348,6 +168,18 @@ class CounterfactualDistillationTrainer(Trainer):
         self._prefix_sharing = args.teacher_prefix_sharing and not sharded
         self.teacher = None if teacher_model is None else self._prepare_teacher(teacher_model)
         self.pair_map = pair_map.to(self.args.device) if pair_map is not None else None
+        # the one source of KD targets: the live teacher, or (no teacher) the batches' teacher-cache columns
+        self.teacher_targets: TeacherTargets = (
+            CachedTeacherTargets(args, self.pair_map, vocab_size=student_vocab)
+            if self.teacher is None
+            else LiveTeacherTargets(
+                self.teacher,
+                args,
+                self.pair_map,
+                joint=self._joint_teacher_pass,
+                prefix_sharing=self._prefix_sharing,
+            )
+        )
         self._tokens_since_log, self._last_log_time = 0, time.perf_counter()
         # non-finite loss terms (issue 18): flags of the last micro-batch, steps skipped so far
         self._finite_terms: tuple[list[str], torch.Tensor] | None = None
@@ -378,47 +210,6 @@ class CounterfactualDistillationTrainer(Trainer):
         # evaluation_mode: placed on the device, never wrapped in DDP (it has no gradients to sync)
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
-    @torch.inference_mode()
-    def _teacher_targets(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, need_hidden: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-        """(KD target for positions [:, :-1], teacher last hidden state or None, share of rows swapped).
-
-        The target is raw teacher logits without perturbation, else role-reversal log-probabilities."""
-        args = self.args
-        if self.pair_map is None:
-            out = self.teacher(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                output_hidden_states=need_hidden,
-                use_cache=False,
-            )
-            return out.logits[:, :-1], out.hidden_states[-1] if need_hidden else None, 0.0
-        swapped_ids, changed = self.pair_map.swap_ids(input_ids, attention_mask)
-        passes = teacher_logits_with_counterfactuals(
-            self.teacher,
-            input_ids,
-            attention_mask,
-            swapped_ids,
-            changed,
-            need_hidden=need_hidden,
-            joint=self._joint_teacher_pass,
-            prefix_sharing=self._prefix_sharing,
-            max_suffix_passes=args.teacher_suffix_passes,
-        )
-        target = role_reversal(
-            passes.logits[:, :-1],
-            None,  # rows and positions no suffix covers read a neutral (unchanged) context
-            self.pair_map,
-            args.perturbation,
-            temperature=args.temperature,
-            scope=args.perturbation_scope,
-            context_ids=input_ids[:, :-1],
-            chunk_size=args.kd_chunk_size,
-            counterfactual_suffixes=passes.suffixes,
-        )
-        return target, passes.hidden, passes.changed_rows / len(input_ids)
-
     # --- loss ----------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -433,36 +224,17 @@ class CounterfactualDistillationTrainer(Trainer):
             use_cache=False,
         )
         mask = labels[:, 1:] != -100  # position t predicts token t+1
-        # --- offline teacher cache (distill/teacher_cache.py): the batch carries the teacher's top-k ---
-        if self.teacher is None or has_teacher_cache(inputs):
-            target, teacher_hidden, changed_share = cached_teacher_targets(
-                inputs, args, self.pair_map, vocab_size=outputs.logits.shape[-1], need_hidden=need_hidden
-            )
-        else:
-            target, teacher_hidden, changed_share = self._teacher_targets(
-                input_ids, attention_mask, need_hidden
-            )
-        # --- end of the teacher-cache hook --------------------------------------------------------------
+        target = self.teacher_targets(inputs, need_hidden=need_hidden)
 
         terms: dict[str, torch.Tensor] = {}
         if args.alpha_kd > 0:
-            terms["kd"] = kd_loss(
-                outputs.logits[:, :-1],
-                target,
-                mask,
-                temperature=args.temperature,
-                beta=args.kd_beta,
-                scale_by_temperature_squared=args.scale_kd_by_temperature_squared,
-                num_items_in_batch=num_items_in_batch,
-                chunk_size=args.kd_chunk_size,
-                teacher_is_log_probs=self.pair_map is not None,
-            )
+            terms["kd"] = target.kd_loss(outputs.logits[:, :-1], mask, args, num_items_in_batch)
         if args.alpha_clm > 0 or not model.training:  # at eval it is logged for the perplexity
             terms["clm"] = causal_lm_loss(outputs.logits, labels, num_items_in_batch=num_items_in_batch)
         if need_hidden:
             # the hidden state at position t is the one that predicts token t+1: same mask as KD
             terms["cos"] = hidden_cosine_loss(
-                outputs.hidden_states[-1][:, :-1], teacher_hidden[:, :-1], mask, num_items_in_batch
+                outputs.hidden_states[-1][:, :-1], target.hidden[:, :-1], mask, num_items_in_batch
             )
         weights = {"kd": args.alpha_kd, "clm": args.alpha_clm, "cos": args.alpha_cos}
         loss = sum(weights[name] * term for name, term in terms.items())
@@ -482,8 +254,10 @@ class CounterfactualDistillationTrainer(Trainer):
         self._metrics[mode]["_tokens"].append(counted.detach().float())
         for name, term in terms.items():
             self._metrics[mode][f"loss_{name}"].append(term.detach() * normaliser)
-        if self.pair_map is not None:
-            self._metrics[mode]["counterfactual_row_share"].append(torch.tensor(changed_share))
+        if args.perturbation is not None:
+            self._metrics[mode]["counterfactual_row_share"].append(
+                torch.tensor(target.counterfactual_row_share)
+            )
 
         if args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks
@@ -518,12 +292,7 @@ class CounterfactualDistillationTrainer(Trainer):
         logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1]
         sources = {"student logits": logits}
         if "kd" in bad_terms:
-            if self.teacher is None or has_teacher_cache(inputs):
-                target = cached_teacher_targets(
-                    inputs, self.args, self.pair_map, vocab_size=logits.shape[-1], need_hidden=False
-                )[0]
-            else:
-                target = self._teacher_targets(input_ids, mask, need_hidden=False)[0]
+            target = self.teacher_targets(inputs, need_hidden=False).log_probs(self.args.temperature)
             sources["teacher target"] = target
         for source, values in sources.items():
             positions = nonfinite_positions(values)

@@ -56,8 +56,9 @@ def test_bench_step_tiny(tmp_path):
     assert "| gendered rows | configuration |" in report
     # the script's own check: the fast target equals the reference target
     assert result["target_max_abs_difference"] < 1e-4
+    assert result["fused_loss_relative_difference"] < 1e-5  # the fused KD loss = kd_loss on that target
     modes = {row["mode"] for row in result["results"].values()}
-    assert {"plain", "cf_reference", "cf_fast", "cf_cda"} <= modes
+    assert {"plain", "cf_reference", "cf_unfused", "cf_fast", "cf_cda"} <= modes
     plain = [row for row in result["results"].values() if row["mode"] == "plain"]
     assert all(row["wall_ratio"] == 1.0 for row in plain)
 
@@ -72,6 +73,18 @@ def test_bench_loss_memory_tiny(tmp_path):
         check = result["results"][dtype]["variants"]["chunked16"]["check"]
         assert check["loss_abs_diff"] < 1e-5 * max(1.0, abs(check["reference_loss"]))
         assert check["grad_max_abs_diff"] < 1e-3 * check["grad_max_abs"]
+
+
+def test_bench_loss_memory_role_reversal_tiny(tmp_path):
+    result, report = run_bench(
+        "bench_loss_memory.py", tmp_path,
+        *("--batch", "1", "--seq", "16", "--chunk-sizes", "8", "--dtypes", "fp32", "--no-profiler"),
+        "--role-reversal",
+    )  # fmt: skip
+    assert "role reversal fused" in report and "KD with role reversal" in report
+    check = result["results"]["fp32"]["variants"]["rr_fused8"]["check"]  # against the target written whole
+    assert check["loss_abs_diff"] < 1e-5 * max(1.0, abs(check["reference_loss"]))
+    assert check["grad_max_abs_diff"] < 1e-3 * check["grad_max_abs"]
 
 
 def test_bench_swap_tiny(tmp_path, bold_dir):

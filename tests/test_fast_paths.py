@@ -25,21 +25,15 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from counterfactuals import build_pair_map
 from distill.config import DistillationConfig
-from distill.losses import (
-    COMBINE_MODES,
-    CounterfactualSuffix,
-    kd_loss,
-    role_reversal,
-    role_reversal_reference,
-)
-from distill.trainer import (
-    CounterfactualDistillationTrainer,
+from distill.losses import COMBINE_MODES, CounterfactualSuffix, kd_loss, role_reversal
+from distill.teacher_targets import (
     _croppable_cache_layers,
     _suffix_groups,
-    reference_teacher_target,
     teacher_logits_with_counterfactuals,
 )
+from distill.trainer import CounterfactualDistillationTrainer
 from tests.assets import GPT2_VOCAB_SIZE, tiny_gpt2, tiny_llama
+from tests.references import reference_teacher_target, role_reversal_reference
 
 HE, SHE = 339, 673
 # First swapped token late (a prefix to share: rows 0, 1), at position 0 (row 2, right-padded), none
@@ -303,8 +297,8 @@ def make_trainer(teacher, args, tok, student=None) -> CounterfactualDistillation
 
 def trainer_target(teacher, args, tok, inputs) -> torch.Tensor:
     trainer = make_trainer(teacher, args, tok)
-    target, _, _ = trainer._teacher_targets(inputs["input_ids"], inputs["attention_mask"], need_hidden=False)
-    return target
+    target = trainer.teacher_targets(inputs, need_hidden=False)
+    return target.log_probs(args.temperature, args.kd_chunk_size)
 
 
 @pytest.mark.parametrize(
@@ -325,7 +319,9 @@ def test_trainer_target_matches_two_full_passes(gpt2_tok, pair_map, sharing, joi
         for side, (mode, scope) in itertools.product(("right", "left"), cases):
             trainer.args.perturbation, trainer.args.perturbation_scope = mode, scope
             ids, mask = batch(gpt2_tok, side).values()
-            got, hidden, share = trainer._teacher_targets(ids, mask, need_hidden=True)
+            target = trainer.teacher_targets({"input_ids": ids, "attention_mask": mask}, need_hidden=True)
+            got = target.log_probs(trainer.args.temperature, trainer.args.kd_chunk_size)
+            hidden, share = target.hidden, target.counterfactual_row_share
             want = reference_teacher_target(teacher, pair_map, trainer.args, ids, mask)
             assert (got - want).abs().max() <= 1e-5, (name, side, mode, scope)
             assert share == 4 / 6

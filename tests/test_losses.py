@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import causal_lm_loss, hidden_cosine_loss, kd_loss, kd_loss_reference
+from distill.losses import causal_lm_loss, hidden_cosine_loss, kd_loss
+from tests.references import kd_loss_reference
 
 BETAS = [0.0, 0.3, 0.5, 1.0]
 
