@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .intervals import wilson_interval
+
 __all__ = [
     "CROWS_PAIRS_HUB_ID",
     "WINOBIAS_HUB_ID",
@@ -49,18 +51,6 @@ CROWS_PAIRS_HUB_ID = "nyu-mll/crows_pairs"
 WINOBIAS_HUB_ID = "uclanlp/wino_bias"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LINE_RE = re.compile(r"^\s*\d+\s+(.*\S)\s*$")
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: float, n: float, z: float = Z_95) -> list[float] | None:
-    """Wilson's score interval for a binomial proportion (``n`` may be an effective sample size);
-    None when ``n`` is 0."""
-    if n <= 0:
-        return None
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 # ----------------------------------------------------------------------------------------------------

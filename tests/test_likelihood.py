@@ -10,7 +10,8 @@ import torch
 
 from eval import crows_pairs_score, winobias_score
 from eval.bold import default_data_dir
-from eval.likelihood import read_crows_pairs, read_winobias, sentence_log_likelihoods, wilson_interval
+from eval.intervals import wilson_interval
+from eval.likelihood import read_crows_pairs, read_winobias
 from tests.assets import tiny_gpt2
 
 
