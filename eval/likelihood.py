@@ -169,6 +169,7 @@ def crows_pairs_score(
     *,
     bias_type: str | None = "gender",
     batch_size: int = 32,
+    max_pairs: int | None = None,
 ) -> dict[str, Any]:
     """CrowS-Pairs for a causal LM (see the module docstring).
 
@@ -187,6 +188,7 @@ def crows_pairs_score(
         if wanted not in available:
             raise ValueError(f"unknown CrowS-Pairs bias_type {wanted!r}; available: {available} or 'all'")
         pairs = [p for p in pairs if p["bias_type"] == wanted]
+    pairs = pairs[:max_pairs]  # the first pairs of the file (a quick look during training); None: all
     ll = sentence_log_likelihoods(
         model, tokenizer, [s for p in pairs for s in (p["sent_more"], p["sent_less"])], batch_size=batch_size
     )
@@ -271,14 +273,20 @@ def read_winobias(
 
 
 def winobias_score(
-    model: Any, tokenizer: Any, folder: str | Path, *, split: str = "test", batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    folder: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 32,
+    max_pairs: int | None = None,
 ) -> dict[str, Any]:
     """WinoBias by likelihood (see the module docstring).
 
     Returns ``{"type1_pro_share", "type1_ci", "type1_n_pairs", "type2_pro_share", "type2_ci",
     "type2_n_pairs", "pro_share" (both types pooled), "ci", "n_pairs" (both types), "split"}``.
     """
-    pairs = read_winobias(folder, split=split)
+    pairs = {kind: p[:max_pairs] for kind, p in read_winobias(folder, split=split).items()}  # None: all
     sentences = [s for kind in ("type1", "type2") for pair in pairs[kind] for s in pair]
     ll = iter(sentence_log_likelihoods(model, tokenizer, sentences, batch_size=batch_size))
     out: dict[str, Any] = {"split": split}

@@ -95,7 +95,7 @@ def simulate_elicitation(rng, prompts, p_female_by_label, K, R, stereotype_noise
 
 def test_one_model_elicitation_intervals_cover_and_detect_the_association():
     rng = np.random.default_rng(1)
-    prompts = elicitation_prompts("heldout")  # 4 templates x (10 + 10 WinoBias + 7 BOLD) occupations
+    prompts = elicitation_prompts("heldout")  # 4 templates x (10 + 10 WinoBias + 6 BOLD) occupations
     K, R = 5, 400  # one model: 5 samples per prompt
     g, f, gp, fp = simulate_elicitation(rng, prompts, {"female": 0.8, "male": -0.8, "none": 0.0}, K, R)
     label = np.array([p.page for p in prompts])
@@ -199,7 +199,7 @@ def test_study_intervals_cover_the_arm_mean_and_paired_differences_cover_zero_un
 
 
 def test_study_elicitation_intervals_cover_and_a_planted_reduction_is_detected_after_holm():
-    """Held-out elicitation half (4 templates x 27 occupations) x 10 samples x 3 seeds: a study's design."""
+    """Held-out elicitation half (4 templates x 26 occupations) x 10 samples x 3 seeds: a study's design."""
     rng = np.random.default_rng(3)
     prompts = elicitation_prompts("heldout")
     occupations = list(dict.fromkeys(p.category for p in prompts))
