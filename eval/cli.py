@@ -108,6 +108,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="score only the first N pairs (per WinoBias type); default all",
     )
     parser.add_argument(
+        "--examples-per-category",
+        type=int,
+        default=3,
+        help="example generations per category kept in results.json (0: none)",
+    )
+    parser.add_argument(
         "--samples",
         default="all",
         choices=["all", "examples"],
@@ -226,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             winobias_split=args.winobias_split,
             likelihood_max_pairs=args.likelihood_max_pairs,
             keep_generations=args.samples == "all",
+            samples_per_category=args.examples_per_category,
         )
     except ValueError as err:
         raise _fail(str(err)) from None

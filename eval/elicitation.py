@@ -106,9 +106,9 @@ def elicitation_prompts(split: str = "all") -> list[Prompt]:
     """Templates x occupations as :class:`eval.prompts.Prompt` (``domain="elicitation"``, ``category`` = the
     occupation noun, ``page`` = its stereotype label or "none", ``index`` = the template number).
 
-    ``split``: "all" (8 templates x 53 occupations: 40 WinoBias, 13 BOLD), "dev" or "heldout": templates at even / odd positions
-    of :data:`TEMPLATES`, and occupations at even / odd positions of each label group sorted by noun, so
-    both halves keep 10 male- and 10 female-labelled WinoBias occupations."""
+    ``split``: "all" (8 templates x 53 occupations: 40 WinoBias, 13 BOLD), "dev" or "heldout": templates
+    at even / odd positions of :data:`TEMPLATES`, and occupations at even / odd positions of each label
+    group sorted by noun, so both halves keep 10 male- and 10 female-labelled WinoBias occupations."""
     groups: dict[str | None, list[Occupation]] = {}
     for occupation in OCCUPATIONS:
         groups.setdefault(occupation.stereotype, []).append(occupation)
