@@ -180,8 +180,7 @@ settings = replace(fast_settings(), generation=GenerationSettings(max_new_tokens
     elicitation_max_new_tokens=4, likelihood_max_pairs=4)
 trainer.add_callback(FairnessEvalCallback(tok, settings, trainer=trainer))
 trainer.train()
-print([sorted(k for k in entry if "equitab" in k or "teacher" in k or "association" in k)
-       for entry in trainer.state.log_history])
+print([sorted(k for k in entry if "equitab" in k or "teacher" in k) for entry in trainer.state.log_history])
 """
     )
     wandb_dir = tmp_path / "wandb"
@@ -191,8 +190,8 @@ print([sorted(k for k in entry if "equitab" in k or "teacher" in k or "associati
         [sys.executable, str(script)], env=env, cwd=REPO, timeout=300, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "eval_equitability_mean" in done.stdout and "eval_elicitation_association" in done.stdout
-    assert "eval_teacher_elicitation_association" in done.stdout  # the teacher's baseline, scored once
+    assert "eval_equitability_mean" in done.stdout
+    assert "eval_teacher_pronoun_gap" in done.stdout  # the teacher's baseline, scored once
     assert (tmp_path / "out" / "fairness-step-2.png").is_file()
     run_dir = next((wandb_dir / "wandb").glob("offline-run-*"))
     logged = set()
@@ -200,7 +199,8 @@ print([sorted(k for k in entry if "equitab" in k or "teacher" in k or "associati
         if record.WhichOneof("record_type") == "history":
             logged |= {item.key or "/".join(item.nested_key) for item in record.history.item}
     assert {"eval/equitability_mean", "eval/pronoun_gap", "eval/loss_kd", "eval/perplexity"} <= logged
-    assert {"eval/elicitation_association", "eval/teacher_elicitation_association"} <= logged
+    assert {"eval/teacher_pronoun_gap", "eval/teacher_equitability_mean"} <= logged
+    # (a tiny random model rarely writes a pronoun: its association is "not measurable" and not logged)
     assert {
         "train/loss_kd",
         "train/learning_rate",
