@@ -457,7 +457,7 @@ def _sentiment_counts(records: list[dict]) -> list[np.ndarray]:
 
 
 def arm_statistics(records: list[dict], ev: EvalSpec, split: str = "test") -> dict[str, Any]:
-    """Replicate vectors (row 0 = estimate) of every reported statistic of one arm."""
+    """Per-seed vectors (one row per seed) of every reported statistic of one arm."""
     n_seeds = len(records)  # one row per seed: intervals are t over seeds (eval.study_stats)
     polarity = _polarity_counts(records, split)
     reps = study_stats.per_seed_replicates(n_seeds, [c.shape[1] for c in polarity.values()])
