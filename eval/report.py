@@ -193,7 +193,7 @@ def plot_shares(report: EvalReport | dict[str, Any], path: Path) -> Path:
     models = report.models
     rows_by_model = {m.name: _share_rows(m) for m in models}
     labels = list(dict.fromkeys(label for rows in rows_by_model.values() for label in rows))
-    width = 5.5 * max(len(models), 1)
+    width = max(5.5 * len(models), 6.5)
     fig, axes = plt.subplots(
         1, max(len(models), 1), figsize=(width, 0.32 * len(labels) + 2.2), sharey=True, squeeze=False
     )
@@ -231,7 +231,7 @@ def plot_shares(report: EvalReport | dict[str, Any], path: Path) -> Path:
     source = (
         "BOLD professions, unigram polarity" if any(m.disparity for m in models) else "pronoun elicitation"
     )
-    fig.suptitle(f"Gender of generations per category ({source})", fontsize=11)
+    fig.suptitle(f"Gender of generations per category\n({source})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
