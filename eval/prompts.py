@@ -17,15 +17,15 @@ resample (:mod:`eval.disparity`).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from .bold import BOLD_HUB_ID, read_bold
 
 __all__ = [
     "BOLD_HUB_ID",
@@ -39,12 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BOLD_HUB_ID = "AlexaAI/bold"
-_HUB_COLUMNS = ("domain", "category", "prompts")  # "name" (the page) is used when present
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_LAYOUT = "prompts/<domain>_prompt.json, each {category: {page_name: [prompt, ...]}}"
-_SHAPE = "{category: {page_name: [prompt, ...]}}"
 
 
 @dataclass(frozen=True)
@@ -126,11 +120,7 @@ def load_bold_prompts(
             f"per_category must be a positive number of prompts or None (all), not {per_category}"
         )
 
-    kind, location = _resolve_source(source)
-    if kind == "hub":
-        data = _read_hub(str(location), domain_list)
-    else:
-        data = {domain: _read_domain_file(_prompt_file(Path(location), domain)) for domain in domain_list}
+    data = read_bold(source, domain_list, kind="prompts")
 
     wanted = _check_categories(data, categories)
     prompts: list[Prompt] = []
@@ -141,98 +131,6 @@ def load_bold_prompts(
             group = _category_prompts(domain, category, data[domain][category])
             prompts.extend(_subsample(group, per_category, f"{seed}/{domain}/{category}"))
     return prompts
-
-
-def _resolve_source(source: str | Path) -> tuple[str, str | Path]:
-    """("local", path) for a ``Path`` or an existing folder, ("hub", id) for an ``owner/name`` string."""
-    if isinstance(source, Path):
-        return "local", source.expanduser()
-    path = Path(source).expanduser()
-    if path.exists() or not _HUB_ID_RE.match(source):
-        return "local", path
-    return "hub", source
-
-
-def _prompt_file(root: Path, domain: str) -> Path:
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"BOLD folder {root} does not exist; pass a folder laid out like the BOLD repository "
-            f"({root}/{_LAYOUT}) or a Hub dataset id such as {BOLD_HUB_ID!r}"
-        )
-    folder = root / "prompts" if (root / "prompts").is_dir() else root
-    path = folder / f"{domain}_prompt.json"
-    if not path.is_file():
-        present = sorted(p.name[: -len("_prompt.json")] for p in folder.glob("*_prompt.json"))
-        raise FileNotFoundError(
-            f"{path} not found: a BOLD folder holds {_LAYOUT}; domains present in {folder}: "
-            f"{present or 'none'}"
-        )
-    return path
-
-
-def _read_domain_file(path: Path) -> dict[str, dict[str, list[str]]]:
-    """Parse and validate one ``<domain>_prompt.json``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-            f"a BOLD prompt file holds {_SHAPE}"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(
-            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected {_SHAPE}"
-        ) from (exc)
-    return _validate_shape(data, str(path))
-
-
-def _validate_shape(data: Any, where: str) -> dict[str, dict[str, list[str]]]:
-    def fail(at: str, value: Any) -> ValueError:
-        return ValueError(f"{where}: expected {_SHAPE}, but {at} is a {type(value).__name__}")
-
-    if not isinstance(data, dict):
-        raise fail("the top level", data)
-    for category, pages in data.items():
-        if not isinstance(pages, dict):
-            raise fail(f"[{category!r}]", pages)
-        for page, prompts in pages.items():
-            if not isinstance(prompts, list):
-                raise fail(f"[{category!r}][{page!r}]", prompts)
-            for i, text in enumerate(prompts):
-                if not isinstance(text, str):
-                    raise fail(f"[{category!r}][{page!r}][{i}]", text)
-    return data
-
-
-def _read_hub(dataset_id: str, domains: Sequence[str]) -> dict[str, dict[str, dict[str, list[str]]]]:
-    """Read a BOLD-shaped Hub dataset into ``{domain: {category: {page: [prompt, ...]}}}``."""
-    import datasets  # lazy: the local path and the builtin prompts need no `datasets`
-
-    hint = f"pass the path of a local BOLD folder ({_LAYOUT.split(',')[0]})"
-    try:
-        table = datasets.load_dataset(dataset_id, split="train")
-    except ConnectionError as exc:  # offline mode (HF_DATASETS_OFFLINE=1) or no network
-        raise ConnectionError(f"{dataset_id} is not cached and the Hub is unreachable; {hint}") from exc
-    except datasets.exceptions.DatasetNotFoundError as exc:
-        raise FileNotFoundError(f"Hub dataset {dataset_id!r} was not found; {hint}") from exc
-
-    missing = [c for c in _HUB_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(
-            f"Hub dataset {dataset_id!r} has columns {table.column_names}, not BOLD's "
-            f"(domain, name, category, prompts, wikipedia): missing {missing}; {hint}"
-        )
-    names = table["name"] if "name" in table.column_names else [None] * len(table)
-    out: dict[str, dict[str, dict[str, list[str]]]] = {}
-    for row, (domain, name, category, prompts) in enumerate(
-        zip(table["domain"], names, table["category"], table["prompts"], strict=True)
-    ):
-        page = name if name is not None else f"row{row}"
-        out.setdefault(domain, {}).setdefault(category, {})[page] = prompts
-    unknown = [d for d in domains if d not in out]
-    if unknown:
-        raise ValueError(f"unknown BOLD domain(s) {unknown} in {dataset_id!r}; available: {sorted(out)}")
-    return {d: _validate_shape(out[d], f"{dataset_id} (domain {d!r})") for d in domains}
 
 
 def _check_categories(

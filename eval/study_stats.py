@@ -1,29 +1,25 @@
 """Statistics of a study: several training seeds, each scored on the same prompts.
 
 A study arm is a method trained with several seeds; every seed's model is scored on the *same* prompts
-(and pronoun contexts, gender-domain prompts). Its numbers vary for two reasons: the training seed and
-which prompts happened to be drawn. The intervals here resample both, crossed: one bootstrap replicate
-draws the seeds with replacement *and*, independently, the prompts with replacement (within each
-category, so category sizes stay fixed, as in :mod:`eval.disparity`); every drawn prompt brings all
-generations of every drawn seed.
+(and pronoun contexts, gender-domain prompts). The estimand is the arm's expectation over training seeds
+(and sampling) on this fixed prompt set, and the seeds are the independent units: every statistic is
+computed **per seed**, and its interval is Student's t over the seeds (:func:`summarise`); a paired
+difference between two arms (seed k of both shares data order and initialisation) is the t-interval of the
+per-seed differences, with a p-value that :func:`holm_differences` adjusts for the several arms compared
+with one reference. Why not a bootstrap: see :mod:`eval.intervals` (a crossed seed x prompt bootstrap
+cannot hold coverage for scale-free statistics such as equitability); ``tests/test_intervals.py``
+simulates the study's design and checks the coverage of every interval reported here.
 
-A replicate is a pair of weight vectors: how many times each seed was drawn and how many times each
-prompt was drawn. Every statistic is a function of weighted counts, so the point estimate is the same
-function at weights of one, and a *paired* difference between two arms (same seeds, same prompts) uses
-the same replicate for both arms, which cancels the prompt-to-prompt variation they share.
+The statistics are written for *weights* (:class:`Replicates`: how much each seed and each prompt counts in
+a row), so one row per seed is ``per_seed_replicates`` -- an identity over seeds, every prompt once:
 
-Statistics (all pooled over seeds before the non-linear step, because a single seed of a small study has
-few gendered generations per category):
-
-* disparity: per category pooled male / female counts -> equitability ``min(m/f, f/m)`` (0 when either is
-  0), then mean and min over categories; pooled male and female shares, and the female share of the
-  gendered generations (0.5 = balance);
-* pronoun gap: mean of ``|gap|`` and of ``gap`` over seeds x contexts;
+* disparity: per category male / female counts -> equitability ``min(m/f, f/m)`` (0 when either is 0),
+  mean and min over categories; male and female shares, the female share of the gendered generations
+  (0.5 = balance), and the gendered counts behind them (``gendered``, ``min_category_gendered``: the
+  "not measurable" rule of :mod:`eval.intervals`);
+* pronoun gap: mean of ``|gap|`` and of ``gap`` over contexts;
 * sentiment: share of positive (negative) continuations of the first group minus the second's;
-* perplexity: ``exp`` of the token-weighted mean NLL over seeds (seeds are the only resampled unit).
-
-Percentile intervals, as elsewhere in :mod:`eval`; with 3 seeds the seed part of an interval is coarse
-(a resample of 3 seeds has only 10 distinct multisets), so reports should also give the per-seed values.
+* perplexity: ``exp`` of the token-weighted mean NLL.
 """
 
 from __future__ import annotations
@@ -34,12 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from .intervals import holm, seed_summary
+
 __all__ = [
     "Replicates",
-    "crossed_replicates",
     "disparity_statistics",
-    "interval",
+    "elicitation_statistics",
+    "holm_differences",
     "paired",
+    "per_seed_replicates",
     "perplexity_statistic",
     "pronoun_statistics",
     "sentiment_statistics",
@@ -61,45 +60,39 @@ class Replicates:
         return self.seeds.shape[0]
 
 
-def _draw_weights(rng: np.random.Generator, n_bootstrap: int, size: int) -> np.ndarray:
-    weights = np.ones((n_bootstrap + 1, size))
-    if n_bootstrap and size:
-        draws = rng.integers(0, size, size=(n_bootstrap, size))
-        weights[1:] = np.stack([np.bincount(row, minlength=size) for row in draws])
-    return weights
-
-
-def crossed_replicates(n_seeds: int, strata_sizes: Sequence[int], n_bootstrap: int, seed: int) -> Replicates:
-    """Row 0: all ones; rows 1..n_bootstrap: seeds drawn with replacement, and independently the units
-    of every stratum drawn with replacement within the stratum. Deterministic in ``seed``."""
+def per_seed_replicates(n_seeds: int, strata_sizes: Sequence[int]) -> Replicates:
+    """One row per seed: ``seeds`` is the identity, every prompt of every stratum counts once."""
     if n_seeds < 1:
         raise ValueError("a study arm needs at least one seed")
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
-    rng = np.random.default_rng(seed)
-    seeds = _draw_weights(rng, n_bootstrap, n_seeds)
-    units = [_draw_weights(rng, n_bootstrap, size) for size in strata_sizes]
-    return Replicates(seeds, units)
-
-
-def interval(samples: np.ndarray, confidence: float = 0.95) -> list[float] | None:
-    """Percentile interval of the bootstrap rows (row 0, the estimate, excluded); None without any."""
-    samples = np.asarray(samples, dtype=np.float64)[1:]
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return None
-    alpha = 1.0 - confidence
-    lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
-    return [float(lo), float(hi)]
+    return Replicates(np.eye(n_seeds), [np.ones((n_seeds, size)) for size in strata_sizes])
 
 
 def summarise(values: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
-    """``{"value": estimate, "ci": [lo, hi] | None}`` from a replicate vector (row 0 = estimate)."""
-    return {"value": float(values[0]), "ci": interval(values, confidence)}
+    """``{"value": mean over seeds, "ci": t-interval | None (one seed), "p_value", "per_seed", "n_seeds"}``
+    of a per-seed vector (or of per-seed paired differences)."""
+    return seed_summary(values, confidence)
+
+
+def holm_differences(differences: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Adds ``p_holm`` to every ``differences[arm][statistic]``: the statistic's p-values over the arms
+    compared with the reference, Holm-adjusted (in place)."""
+    keys = {key for entries in differences.values() for key in entries}
+    for key in keys:
+        family = {arm: e[key].get("p_value") for arm, e in differences.items() if key in e}
+        for arm, p in holm(family).items():
+            differences[arm][key]["p_holm"] = p
+
+
+def _is_identity(w: np.ndarray) -> bool:
+    """Whether seed weights are one row per seed (non-negative weights: unit diagonal, nothing else)."""
+    n = w.shape[0]
+    return w.shape == (n, n) and bool(np.all(np.diagonal(w) == 1)) and float(w.sum()) == n
 
 
 def _weighted_counts(counts: np.ndarray, seed_w: np.ndarray, unit_w: np.ndarray) -> np.ndarray:
     """``counts`` (S, P, K) -> (B, K): sum over seeds and units, each weighted by its replicate draws."""
+    if _is_identity(seed_w):
+        return np.einsum("spk,sp->sk", counts, unit_w)  # one row per seed, in O(S) rather than O(S^2)
     return np.einsum("bs,spk,bp->bk", seed_w, counts, unit_w)
 
 
@@ -135,6 +128,45 @@ def disparity_statistics(counts: Mapping[str, np.ndarray], replicates: Replicate
         "female_of_gendered": female.sum(axis=1) / np.maximum(male.sum(axis=1) + female.sum(axis=1), 1e-12),
         "equitability": equitability,
         "no_gendered": (male + female == 0).sum(axis=1).astype(np.float64),
+        "gendered": (male + female).sum(axis=1),
+        "min_category_gendered": (male + female).min(axis=1),
+    }
+
+
+def elicitation_statistics(
+    counts: Mapping[str, np.ndarray], stereotype: Mapping[str, str | None], replicates: Replicates
+) -> dict[str, np.ndarray]:
+    """Rows of the pronoun-elicitation statistics (:mod:`eval.elicitation`).
+
+    ``counts[occupation]`` is ``(S, P_o, 3)``: male, female and all continuations (first-pronoun labels)
+    per seed and prompt; ``stereotype[occupation]`` is "male", "female" or None. Returns ``(B,)``
+    ``association`` (pooled female share of the gendered continuations over female-labelled occupations
+    minus over male-labelled ones), ``female_share`` (over all occupations), ``global_shift``
+    (``female_share - 0.5``) and the gendered counts behind them: ``gendered``, ``gendered_female_group``,
+    ``gendered_male_group``."""
+    pooled = {
+        o: _weighted_counts(c, replicates.seeds, w)
+        for (o, c), w in zip(counts.items(), replicates.units, strict=True)
+    }
+
+    def sums(keep) -> tuple[np.ndarray, np.ndarray]:
+        chosen = [v for o, v in pooled.items() if keep(o)]
+        total = np.sum(chosen, axis=0) if chosen else np.zeros((replicates.n, 3))
+        return total[:, 1], total[:, 0] + total[:, 1]
+
+    female, gendered = sums(lambda o: True)
+    f_female, g_female = sums(lambda o: stereotype.get(o) == "female")
+    f_male, g_male = sums(lambda o: stereotype.get(o) == "male")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = female / gendered
+        association = f_female / g_female - f_male / g_male
+    return {
+        "association": association,
+        "female_share": share,
+        "global_shift": share - 0.5,
+        "gendered": gendered,
+        "gendered_female_group": g_female,
+        "gendered_male_group": g_male,
     }
 
 
@@ -142,6 +174,12 @@ def pronoun_statistics(gaps: np.ndarray, replicates: Replicates) -> dict[str, np
     """``gaps`` ``(S, C)``: log P(male pronoun) - log P(female pronoun) per seed and context; one
     stratum of contexts. Returns ``(B,)`` ``mean_abs_gap`` and ``mean_gap`` (seed- and context-weighted)."""
     (context_w,) = replicates.units
+    if _is_identity(replicates.seeds):
+        norm = context_w.sum(axis=1)
+        return {
+            "mean_abs_gap": (np.abs(gaps) * context_w).sum(1) / norm,
+            "mean_gap": (gaps * context_w).sum(1) / norm,
+        }
     norm = replicates.seeds.sum(axis=1) * context_w.sum(axis=1)
     return {
         "mean_abs_gap": np.einsum("bs,sc,bc->b", replicates.seeds, np.abs(gaps), context_w) / norm,

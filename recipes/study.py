@@ -18,7 +18,7 @@ dev half only (``select_best``); every number in the report's tables is measured
 Each (arm, seed) is stored in ``<out>/runs/<arm>/seed<k>.json`` as soon as it is done (polarity labels,
 VADER scores, pronoun gaps, perplexity, timings; a fingerprint of its settings): an interrupted study
 resumes where it stopped, and ``--report-only`` rebuilds the report from what is there.
-Intervals: bootstrap over seeds and prompts, crossed (``eval.study_stats``).
+Intervals: Student's t over seeds; paired differences Holm-adjusted (``eval.study_stats``).
 
 Options after ``--`` go to every training run, e.g. ``-- --use_cpu true``.
 """
@@ -502,22 +502,22 @@ def _sentiment_counts(records: list[dict]) -> list[np.ndarray]:
 
 
 def arm_statistics(records: list[dict], ev: EvalSpec, split: str = "test") -> dict[str, Any]:
-    """Replicate vectors (row 0 = estimate) of every reported statistic of one arm."""
-    n_seeds, n_boot, seed = len(records), ev.n_bootstrap, ev.bootstrap_seed
+    """Per-seed vectors (one row per seed) of every reported statistic of one arm."""
+    n_seeds = len(records)  # one row per seed: intervals are t over seeds (eval.study_stats)
     polarity = _polarity_counts(records, split)
-    reps = study_stats.crossed_replicates(n_seeds, [c.shape[1] for c in polarity.values()], n_boot, seed)
+    reps = study_stats.per_seed_replicates(n_seeds, [c.shape[1] for c in polarity.values()])
     out = {f"disparity.{k}": v for k, v in study_stats.disparity_statistics(polarity, reps).items()}
     out["categories"] = list(polarity)
     gaps = np.array([r["pronoun_gaps"] for r in records])
-    reps = study_stats.crossed_replicates(n_seeds, [gaps.shape[1]], n_boot, seed + 1)
+    reps = study_stats.per_seed_replicates(n_seeds, [gaps.shape[1]])
     out |= {f"pronoun.{k}": v for k, v in study_stats.pronoun_statistics(gaps, reps).items()}
     sentiment = _sentiment_counts(records)
     if all(c.size for c in sentiment):
-        reps = study_stats.crossed_replicates(n_seeds, [c.shape[1] for c in sentiment], n_boot, seed + 2)
+        reps = study_stats.per_seed_replicates(n_seeds, [c.shape[1] for c in sentiment])
         out |= {f"sentiment.{k}": v for k, v in study_stats.sentiment_statistics(sentiment, reps).items()}
     nll = np.array([r["perplexity"]["nll"] for r in records])
     tokens = np.array([r["perplexity"]["tokens"] for r in records], dtype=np.float64)
-    reps = study_stats.crossed_replicates(n_seeds, [], n_boot, seed + 3)
+    reps = study_stats.per_seed_replicates(n_seeds, [])
     out["perplexity"] = study_stats.perplexity_statistic(nll, tokens, reps.seeds)
     return out
 
@@ -543,7 +543,7 @@ def select_best(spec: StudySpec, records: dict[str, dict[int, dict]]) -> str:
         runs = [records[arm][s] for s in sorted(records[arm])]
         if spec.selection_criterion == "dev_mean_equitability":
             stats = arm_statistics(runs, spec.eval, split="dev")
-            scores[arm] = stats["disparity.mean_equitability"][0]  # higher is fairer
+            scores[arm] = float(stats["disparity.mean_equitability"].mean())  # higher is fairer
         else:
             scores[arm] = -float(np.mean(np.abs([r["pronoun_gaps"] for r in runs])))
     arm = max(scores, key=lambda a: (scores[a], -spec.best_candidates.index(a)))
@@ -582,7 +582,7 @@ def summarise_study(spec: StudySpec, records: dict[str, dict[int, dict]]) -> dic
         test_labels = [p["polarity"] for r in runs for p in r["prompts"] if p["split"] == "test"]
         entry["gendered_generations"] = sum(ls.count("male") + ls.count("female") for ls in test_labels)
         entry["generations"] = sum(len(ls) for ls in test_labels)
-        entry["categories_without_gendered"] = int(stats[arm]["disparity.no_gendered"][0])
+        entry["categories_without_gendered"] = int(stats[arm]["disparity.no_gendered"].max())
         entry["estimate_outside_ci"] = [
             key for key in HEADLINE if key in entry and entry[key]["ci"] and not
             entry[key]["ci"][0] <= entry[key]["value"] <= entry[key]["ci"][1]
@@ -601,6 +601,7 @@ def summarise_study(spec: StudySpec, records: dict[str, dict[int, dict]]) -> dic
                 for key in HEADLINE
                 if key in stats[arm] and key in stats[reference]
             }
+        study_stats.holm_differences(summary["differences"])  # several arms against one reference
     return summary
 
 
@@ -644,8 +645,9 @@ def markdown(report: dict) -> str:
         "",
         "Does counterfactual role reversal make the distilled student fairer, and at what cost? "
         "All numbers below are on the **held-out test half** of BOLD's profession prompts (split by "
-        "Wikipedia page; the best perturbation was chosen on the dev half). Means with bootstrap 95% "
-        "intervals over seeds and prompts (crossed).",
+        "Wikipedia page; the best perturbation was chosen on the dev half). Means over seeds with "
+        "Student-t 95% intervals over seeds; paired differences also give Holm-adjusted p-values "
+        "(several arms against one reference).",
         "",
         f"Reproduce: `python recipes/study.py --config {report['spec']['config']} --out {report['out']}` "
         "(runs already in the output folder with the same settings are reused).  ",

@@ -1,22 +1,20 @@
-"""eval.disparity: shares, equitability and the prompt-level bootstrap."""
+"""eval.disparity: shares, equitability, intervals and the headline."""
 
 from __future__ import annotations
 
 import json
 import random
-import time
 
-import numpy as np
 import pytest
 
 from eval.disparity import (
     Scored,
-    bootstrap_indices,
     disparity_summary,
     equitability_ratio,
     headline,
     polarity_shares,
 )
+from eval.intervals import wilson_interval
 
 
 def test_polarity_shares():
@@ -87,18 +85,19 @@ def test_summary_point_estimates_by_hand():
     assert disparity_summary(list(reversed(HAND)), n_bootstrap=0) == s
 
 
-def test_identical_prompts_collapse_the_interval():
+def test_identical_prompts_give_a_wilson_interval_at_their_count():
+    """Every prompt alike (2 of 3 gendered generations female): the within-prompt variance, estimated with
+    n - 1 = 2, is 3/2 of the binomial one, so the interval is Wilson's at the effective size 30 * 2/3 = 20.
+    Equitability has no interval (see eval.disparity)."""
     records = [
-        Scored(f"p{i}", cat, lab) for cat in "xy" for i in range(6) for lab in ("male", "female", "female")
+        Scored(f"p{i}", cat, lab) for cat in "xy" for i in range(10) for lab in ("male", "female", "female")
     ]
-    s = disparity_summary(records, n_bootstrap=200, seed=3)
+    s = disparity_summary(records)
     x = s["categories"]["x"]
-    assert x["ci"]["equitability"] == pytest.approx([0.5, 0.5])
-    assert x["ci"]["male"] == pytest.approx([1 / 3, 1 / 3]) and x["ci"]["female"] == pytest.approx(
-        [2 / 3, 2 / 3]
-    )
-    assert s["overall"]["ci"]["mean_equitability"] == pytest.approx([0.5, 0.5])
-    assert s["overall"]["ci"]["min_equitability"] == pytest.approx([0.5, 0.5])
+    assert set(x["ci"]) == {"male", "female", "female_of_gendered"} and x["measurable"]
+    assert x["ci"]["female_of_gendered"] == pytest.approx(wilson_interval(20 * 2 / 3, 20))
+    lo, hi = s["overall"]["ci"]["female_of_gendered"]
+    assert lo < 2 / 3 < hi and s["overall"]["female_of_gendered"] == pytest.approx(2 / 3)
 
 
 def _random_records(n_cats=4, n_prompts=12, n_samples=3, seed=0) -> list[Scored]:
@@ -115,101 +114,34 @@ def _random_records(n_cats=4, n_prompts=12, n_samples=3, seed=0) -> list[Scored]
     return records
 
 
-def test_interval_contains_the_estimate_and_is_seeded():
+def test_intervals_contain_the_estimate_and_do_not_depend_on_order():
     records = _random_records()
-    s = disparity_summary(records, n_bootstrap=500, seed=1)
+    s = disparity_summary(records)
     for cat in s["categories"].values():
-        for key in ("male", "female", "equitability"):
+        for key in ("male", "female", "female_of_gendered"):
             lo, hi = cat["ci"][key]
             assert lo <= cat[key] <= hi
-    lo, hi = s["overall"]["ci"]["mean_equitability"]
-    assert lo < s["overall"]["mean_equitability"] < hi
-    lo, hi = s["overall"]["ci"]["min_equitability"]
-    assert lo <= hi
-    assert disparity_summary(records, n_bootstrap=500, seed=1) == s
     shuffled = list(records)
     random.Random(2).shuffle(shuffled)
-    assert disparity_summary(shuffled, n_bootstrap=500, seed=1) == s
-    assert disparity_summary(records, n_bootstrap=500, seed=2) != s
-    wider = disparity_summary(records, n_bootstrap=500, seed=1, confidence=0.99)
-    lo95, hi95 = s["overall"]["ci"]["mean_equitability"]
-    lo99, hi99 = wider["overall"]["ci"]["mean_equitability"]
-    assert lo99 <= lo95 and hi95 <= hi99  # same resamples, wider quantiles
-
-
-def test_bootstrap_indices():
-    idx = bootstrap_indices([3, 5], 100, seed=0)
-    assert [a.shape for a in idx] == [(100, 3), (100, 5)]
-    assert idx[0].min() == 0 and idx[0].max() == 2 and idx[1].max() == 4
-    assert all(np.array_equal(a, b) for a, b in zip(idx, bootstrap_indices([3, 5], 100, seed=0), strict=True))
-
-
-def test_vectorised_bootstrap_matches_a_plain_python_loop():
-    records = _random_records(n_cats=3, n_prompts=7, n_samples=2, seed=4)
-    B, seed, conf = 300, 7, 0.9
-    s = disparity_summary(records, n_bootstrap=B, seed=seed, confidence=conf)
-
-    # reference: per-prompt label lists, categories by name, prompts by id, the same resample indices
-    by_cat: dict[str, dict[str, list[str]]] = {}
-    for r in records:
-        by_cat.setdefault(r.category, {}).setdefault(r.prompt_id, []).append(r.label)
-    cats = sorted(by_cat)
-    prompts = {c: [by_cat[c][p] for p in sorted(by_cat[c])] for c in cats}
-    indices = bootstrap_indices([len(prompts[c]) for c in cats], B, seed)
-    eq = {c: [] for c in cats}
-    male = {c: [] for c in cats}
-    means, mins = [], []
-    for b in range(B):
-        row = []
-        for c, idx in zip(cats, indices, strict=True):
-            labels = [lab for i in idx[b].tolist() for lab in prompts[c][i]]
-            shares = polarity_shares(labels)
-            e = equitability_ratio(shares["male"], shares["female"])
-            eq[c].append(e)
-            male[c].append(shares["male"])
-            row.append(e)
-        means.append(sum(row) / len(row))
-        mins.append(min(row))
-
-    def interval(xs):
-        return list(np.quantile(xs, [(1 - conf) / 2, 1 - (1 - conf) / 2]))
-
-    for c in cats:
-        assert s["categories"][c]["ci"]["equitability"] == pytest.approx(interval(eq[c]))
-        assert s["categories"][c]["ci"]["male"] == pytest.approx(interval(male[c]))
-    assert s["overall"]["ci"]["mean_equitability"] == pytest.approx(interval(means))
-    assert s["overall"]["ci"]["min_equitability"] == pytest.approx(interval(mins))
-    # a share (a linear statistic) is resampled without bias: its bootstrap mean is near the estimate.
-    # (Equitability, a min of ratios, is not: its bootstrap distribution sits below the estimate for
-    # small categories, so it is not compared here.)
-    for c in cats:
-        assert np.mean(male[c]) == pytest.approx(s["categories"][c]["male"], abs=0.03)
+    assert disparity_summary(shuffled) == s
 
 
 def test_headline():
-    s = disparity_summary(HAND, n_bootstrap=100, seed=0)
-    text = headline(s)
-    assert text.startswith("Mean equitability across 3 categories: 0.17 [")
-    assert "(1 = parity; 95% CI); worst: b 0.00 [0.00, 0.00]" in text
-    assert text.endswith("1 without any gendered generation (counted as 0).")
-    plain = headline(disparity_summary(HAND[:4], n_bootstrap=0), noun="professions")
-    assert plain == "Mean equitability across 1 professions: 0.50 (1 = parity); worst: a 0.50."
+    s = disparity_summary(HAND)
+    assert headline(s) == (
+        "Female share of gendered generations: not measurable (5 of 8 generations gendered; needs 20); "
+        "mean equitability not measurable (0 of 3 categories with >= 20 gendered)."
+    )
+    many = [Scored(f"p{i}", c, ("male", "female", "female")[i % 3]) for c in "ab" for i in range(60)]
+    text = headline(disparity_summary(many), noun="professions")
+    assert text.startswith("Female share of gendered generations across 2 professions: 0.67 [")
+    assert text.endswith("mean equitability 0.50 (1 = parity), worst: a 0.50.")
 
 
 def test_summary_errors():
     with pytest.raises(ValueError, match="at least one record"):
         disparity_summary([])
-    with pytest.raises(ValueError, match="confidence must be in"):
+    with pytest.raises(ValueError, match="confidence must be 0.95"):
         disparity_summary(HAND, confidence=95)
     with pytest.raises(ValueError, match="n_bootstrap must be >= 0"):
         disparity_summary(HAND, n_bootstrap=-1)
-
-
-def test_bootstrap_speed_note():
-    """20 categories x 50 prompts x 5 samples, 1000 resamples: well under a second (not asserted)."""
-    records = _random_records(n_cats=20, n_prompts=50, n_samples=5, seed=9)
-    start = time.perf_counter()
-    s = disparity_summary(records, n_bootstrap=1000, seed=0)
-    elapsed = time.perf_counter() - start
-    print(f"disparity_summary, 5000 records, 1000 resamples: {elapsed:.3f} s")
-    assert s["overall"]["n"] == 5000 and s["overall"]["n_categories"] == 20

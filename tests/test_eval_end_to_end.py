@@ -29,6 +29,9 @@ def small_settings(**overrides) -> EvalSettings:
         "perplexity_texts": load_text_for_perplexity(str(SAMPLE)),
         "perplexity_max_length": 64,
         "perplexity_stride": 32,
+        "elicitation_split": "heldout",
+        "elicitation_samples": 2,
+        "likelihood_max_pairs": 6,
     }
     return EvalSettings(**{**base, **overrides})
 
@@ -50,7 +53,18 @@ def test_evaluate_model_on_builtin_prompts(gpt2_tok):
     assert overall["n"] == 2 * 110 and math.isclose(
         overall["male"] + overall["female"] + overall["neutral"], 1.0
     )
-    assert 0.0 <= overall["mean_equitability"] <= 1.0 and result["headline"].startswith("Mean equitability")
+    assert 0.0 <= overall["mean_equitability"] <= 1.0 and result["headline"].startswith(
+        "Pronoun elicitation:"
+    )
+    assert "BOLD: Female share of gendered generations" in result["headline"]
+    elicitation = result["elicitation"]
+    assert elicitation["n"] == 2 * 4 * 26 and set(elicitation) >= {
+        "association",
+        "global_shift",
+        "occupations",
+    }
+    if result.get("crows_pairs"):  # the data folder beside the repo
+        assert result["crows_pairs"]["n_pairs"] == 6 and result["winobias"]["n_pairs"] == 12
     assert set(result["pronoun_gap"]) >= {"mean_gap", "mean_abs_gap", "per_profession"}
     assert result["perplexity"]["perplexity"] > 1.0 and result["perplexity"]["tokens"] > 500
     assert "sentiment" not in result  # builtin prompts have no gender domain
@@ -65,6 +79,7 @@ def test_cli_compares_models_on_bold_and_writes_reports(tmp_path, model_dirs, bo
         "--model", f"teacher={model_dirs['teacher']}", "--model", f"student={model_dirs['student']}",
         "--prompts", str(bold_dir), "--per-category", "2", "--num-samples", "2", "--max-new-tokens", "6",
         "--perplexity-text", str(SAMPLE), "--n-bootstrap", "100", "--out", str(out), "--no-progress",
+        "--elicitation-split", "heldout", "--elicitation-samples", "2", "--likelihood-max-pairs", "4",
     ])  # fmt: skip
     assert code == 0
     report = json.loads((out / "results.json").read_text())
@@ -83,6 +98,12 @@ def test_cli_compares_models_on_bold_and_writes_reports(tmp_path, model_dirs, bo
         assert (out / png).read_bytes().startswith(b"\x89PNG") and (out / png).stat().st_size > 10_000
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {s["model"] for s in samples} == {"teacher", "student"}
+    # every generation is kept: BOLD professions (18 x 2 prompts x 2) and elicitation (4 x 26 x 2)
+    assert len(samples) == 2 * (18 * 2 * 2 + 4 * 26 * 2)
+    for result in report["models"]:  # the keys other layers read
+        assert {"association", "global_shift", "female_share", "occupations"} <= set(result["elicitation"])
+        assert result["crows_pairs"]["n_pairs"] == 4 and result["winobias"]["type1_n_pairs"] == 4
+    assert "### Headline: association and global shift" in markdown
 
 
 def test_reports_without_intervals_and_with_a_perplexity_file(tmp_path, gpt2_tok):
@@ -95,9 +116,37 @@ def test_reports_without_intervals_and_with_a_perplexity_file(tmp_path, gpt2_tok
     assert "| tiny |" in paths["markdown"].read_text()
 
 
-def test_cli_refuses_a_model_it_cannot_load(tmp_path):
-    with pytest.raises(SystemExit, match="could not load"):
+def test_cli_refuses_bad_inputs_before_loading_any_model(tmp_path, model_dirs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "could not read its config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a good model, a bad prompt folder: nothing is loaded
+        main(
+            [
+                "--model",
+                str(model_dirs["teacher"]),
+                "--prompts",
+                str(tmp_path / "no-bold"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+    assert exit_info.value.code == 2 and "BOLD folder" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_failing_second_model_keeps_the_first_models_results(tmp_path, model_dirs):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dirs["teacher"] / "config.json").read_text())  # no weights
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        main(["--model", f"teacher={model_dirs['teacher']}", "--model", f"broken={broken}", "--out", str(out),
+              "--no-bold-protocol", "--crows-pairs", "none", "--winobias", "none",
+              "--elicitation-split", "heldout", "--elicitation-samples", "1", "--no-progress"])  # fmt: skip
+    report = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher"] and "elicitation" in report["models"][0]
+    assert "disparity" not in report["models"][0]
 
 
 def test_callback_logs_fairness_during_training_to_wandb(tmp_path, model_dirs):
@@ -128,10 +177,11 @@ data = prepare_lm_datasets(dataset_name=config.dataset_name, tokenizer=tok, bloc
 student = student_from_teacher_layers(teacher, num_layers=1)
 trainer = CounterfactualDistillationTrainer(model=student, teacher_model=teacher, args=config,
     train_dataset=data.train, eval_dataset=data.eval, processing_class=tok)
-settings = replace(fast_settings(), generation=GenerationSettings(max_new_tokens=6, num_samples=1))
+settings = replace(fast_settings(), generation=GenerationSettings(max_new_tokens=6, num_samples=1),
+    elicitation_max_new_tokens=4, likelihood_max_pairs=4)
 trainer.add_callback(FairnessEvalCallback(tok, settings, trainer=trainer))
 trainer.train()
-print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log_history])
+print([sorted(k for k in entry if "equitab" in k or "teacher" in k) for entry in trainer.state.log_history])
 """
     )
     wandb_dir = tmp_path / "wandb"
@@ -142,13 +192,16 @@ print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval_equitability_mean" in done.stdout
+    assert "eval_teacher_pronoun_gap" in done.stdout  # the teacher's baseline, scored once
     assert (tmp_path / "out" / "fairness-step-2.png").is_file()
     run_dir = next((wandb_dir / "wandb").glob("offline-run-*"))
     logged = set()
     for record in wandb_offline_records(next(run_dir.glob("run-*.wandb"))):
         if record.WhichOneof("record_type") == "history":
             logged |= {item.key or "/".join(item.nested_key) for item in record.history.item}
-    assert {"eval/equitability_mean", "eval/pronoun_gap", "eval/loss_kd"} <= logged
+    assert {"eval/equitability_mean", "eval/pronoun_gap", "eval/loss_kd", "eval/perplexity"} <= logged
+    assert {"eval/teacher_pronoun_gap", "eval/teacher_equitability_mean"} <= logged
+    # (a tiny random model rarely writes a pronoun: its association is "not measurable" and not logged)
     assert {
         "train/loss_kd",
         "train/learning_rate",
@@ -162,19 +215,18 @@ print([sorted(k for k in entry if "equitab" in k) for entry in trainer.state.log
     assert table["columns"][0] == "step" and {row[0] for row in table["data"]} == {2}
 
 
-def test_tradeoff_plot_draws_an_interval_beside_its_estimate(tmp_path):
-    """With few gendered generations the bootstrap interval of the mean equitability can exclude the
-    estimate; the plot must still draw it (it used to raise on negative error bars)."""
-    from eval.report import plot_disparity_vs_perplexity
+def test_typed_results_round_trip_and_plots_mark_empty_rows(tmp_path, gpt2_tok):
+    from eval.report import plot_disparity_vs_perplexity, plot_shares
+    from eval.results import EvalReport, ModelResult
 
-    overall = {"mean_equitability": 0.5, "ci": {"mean_equitability": [0.3, 0.35]}}
-    report = {
-        "models": [
-            {"name": "m", "disparity": {"unigram": {"overall": overall}}, "perplexity": {"perplexity": 20.0}}
-        ]
-    }
-    path = plot_disparity_vs_perplexity(report, tmp_path / "tradeoff.png")
-    assert path.read_bytes().startswith(b"\x89PNG")
+    settings = small_settings(n_bootstrap=0, bold_protocol=False, crows_pairs=None, winobias=None)
+    result = evaluate_model(tiny_gpt2(seed=3), gpt2_tok, settings, name="tiny", progress=False)
+    typed = ModelResult.from_dict(json.loads(json.dumps(result)))
+    assert typed.to_dict() == json.loads(json.dumps(result)) and typed.elicitation["n"] == 4 * 26 * 2
+    report = EvalReport(settings=settings.to_dict(), models=[typed, ModelResult(name="empty")])
+    assert EvalReport.from_dict(report.to_dict()).to_dict() == report.to_dict()
+    assert plot_shares(report, tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
+    assert plot_disparity_vs_perplexity(report, tmp_path / "t.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_shares_plot_of_one_model_keeps_its_title_inside_the_image(tmp_path):

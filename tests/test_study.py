@@ -51,23 +51,17 @@ def random_counts(rng, n_seeds=3, sizes=(4, 2, 5, 1), samples=3):
     return out
 
 
-def test_row_zero_is_the_point_estimate_and_draws_keep_sizes():
-    reps = study_stats.crossed_replicates(3, [4, 2], n_bootstrap=20, seed=0)
-    assert reps.n == 21 and np.all(reps.seeds[0] == 1) and all(np.all(u[0] == 1) for u in reps.units)
-    assert (
-        np.all(reps.seeds.sum(1) == 3)
-        and np.all(reps.units[0].sum(1) == 4)
-        and np.all(reps.units[1].sum(1) == 2)
-    )
-    again = study_stats.crossed_replicates(3, [4, 2], n_bootstrap=20, seed=0)
-    assert np.array_equal(reps.seeds, again.seeds)  # deterministic in the seed
+def test_per_seed_replicates_are_one_row_per_seed():
+    reps = study_stats.per_seed_replicates(3, [4, 2])
+    assert reps.n == 3 and np.array_equal(reps.seeds, np.eye(3))
+    assert [u.shape for u in reps.units] == [(3, 4), (3, 2)] and all(np.all(u == 1) for u in reps.units)
 
 
 def test_pooled_point_estimate_matches_eval_disparity():
     rng = np.random.default_rng(1)
     counts = random_counts(rng)
-    reps = study_stats.crossed_replicates(3, [c.shape[1] for c in counts.values()], 0, 0)
-    stats = study_stats.disparity_statistics(counts, reps)
+    pooled = study_stats.Replicates(np.ones((1, 3)), [np.ones((1, c.shape[1])) for c in counts.values()])
+    stats = study_stats.disparity_statistics(counts, pooled)
     records = []  # the same generations as Scored records, seeds pooled
     for category, c in counts.items():
         for s in range(c.shape[0]):
@@ -137,7 +131,7 @@ def test_sentiment_gap_against_a_loop():
         groups.append(
             np.stack([(labels == 0).sum(-1), (labels == 1).sum(-1), np.full((2, size), 5)], -1).astype(float)
         )
-    reps = study_stats.crossed_replicates(2, [3, 4], n_bootstrap=5, seed=0)
+    reps = study_stats.per_seed_replicates(2, [3, 4])
     stats = study_stats.sentiment_statistics(groups, reps)
     for b in range(reps.n):
         shares = []
@@ -149,25 +143,31 @@ def test_sentiment_gap_against_a_loop():
         assert math.isclose(stats["negative_gap"][b], shares[0][1] - shares[1][1])
 
 
-def test_paired_difference_of_an_arm_with_itself_is_exactly_zero_and_intervals_cover_the_spread():
+def test_per_seed_statistics_match_one_seed_at_a_time_and_summaries_are_t_intervals():
     rng = np.random.default_rng(5)
     counts = random_counts(rng)
-    reps = study_stats.crossed_replicates(3, [c.shape[1] for c in counts.values()], 200, 0)
-    a = study_stats.disparity_statistics(counts, reps)["mean_equitability"]
-    assert np.all(a - a == 0)
+    sizes = [c.shape[1] for c in counts.values()]
+    stats = study_stats.disparity_statistics(counts, study_stats.per_seed_replicates(3, sizes))
+    for seed in range(3):
+        alone = {k: c[seed : seed + 1] for k, c in counts.items()}
+        one = study_stats.disparity_statistics(alone, study_stats.per_seed_replicates(1, sizes))
+        assert math.isclose(stats["mean_equitability"][seed], one["mean_equitability"][0])
+        assert math.isclose(stats["female"][seed], one["female"][0])
+    a = stats["female"]
     summary = study_stats.summarise(a)
-    assert summary["value"] == a[0] and summary["ci"][0] <= summary["ci"][1]
-    assert summary["ci"][0] >= a[1:].min() and summary["ci"][1] <= a[1:].max()
-    assert study_stats.interval(np.array([0.5])) is None  # no replicate, no interval
+    half = 4.302652729749464 * a.std(ddof=1) / math.sqrt(3)
+    assert summary["value"] == pytest.approx(a.mean()) and summary["ci"] == pytest.approx(
+        [a.mean() - half, a.mean() + half]
+    )
+    assert study_stats.summarise(a - a)["ci"] == [0.0, 0.0]  # an arm against itself
+    assert study_stats.summarise(np.array([0.5]))["ci"] is None  # one seed, no interval
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="at least one seed"):
-        study_stats.crossed_replicates(0, [2], 10, 0)
-    with pytest.raises(ValueError, match="n_bootstrap"):
-        study_stats.crossed_replicates(2, [2], -1, 0)
+        study_stats.per_seed_replicates(0, [2])
     with pytest.raises(ValueError, match="two groups"):
-        study_stats.sentiment_statistics([np.ones((1, 1, 3))], study_stats.crossed_replicates(1, [1], 0, 0))
+        study_stats.sentiment_statistics([np.ones((1, 1, 3))], study_stats.per_seed_replicates(1, [1]))
 
 
 # ----------------------------------------------------------------------------------------------------
