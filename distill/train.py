@@ -33,6 +33,7 @@ from counterfactuals import PairMap, build_pair_map
 
 from .config import DistillationConfig
 from .data import PreparedData, prepare_lm_datasets
+from .layer_selection import calibration_ids_from_blocks, measure_layer_selection
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
 from .student import (
@@ -91,9 +92,27 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
-def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None):
+def build_student(
+    config: DistillationConfig, teacher, vocab_size: int | None = None, train_blocks=None
+):
     """The student of ``config.student_init``. ``teacher`` may be None for ``pretrained``/``config``
-    students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary."""
+    students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary.
+    ``train_blocks`` (the packed training split) gives the calibration ids of a measured layer selection,
+    whose record is stored in ``config.student_layer_selection_record`` and the student's config."""
+    if config.student_init == "layers" and config.student_layer_selection != "even":
+        num_layers = config.student_num_layers or (_num_layers_of(teacher) + 1) // 2
+        selection = measure_layer_selection(
+            teacher,
+            num_layers,
+            method=config.student_layer_selection,
+            calibration_ids=calibration_ids_from_blocks(train_blocks, config.layer_selection_tokens),
+            block=config.layer_selection_block,
+        )
+        print(f"[fairdistill] layer selection: {selection.summary()}")
+        student = student_from_teacher_layers(teacher, layers=selection.kept)
+        config.student_layer_selection_record = selection.to_dict()
+        student.config.fairdistill_layer_selection = selection.to_dict()  # saved in config.json
+        return student
     if config.student_init == "layers":
         return student_from_teacher_layers(
             teacher, layers=config.student_layers, num_layers=config.student_num_layers
@@ -110,6 +129,10 @@ def build_student(config: DistillationConfig, teacher, vocab_size: int | None = 
     if config.student_init == "pretrained":
         return student_from_pretrained(source)
     return student_from_config(source, vocab_size_from=teacher if teacher is not None else vocab_size)
+
+
+def _num_layers_of(model) -> int:
+    return model.config.get_text_config(decoder=True).num_hidden_layers
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -174,7 +197,8 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     teacher = None
     if config.teacher_cache is None or config.student_init in ("layers", "lora"):
         teacher = load_causal_lm(teacher_path, dtype="float32")
-    student = build_student(config, teacher, vocab_size=cache_vocab)
+    data = prepare_data(config, tokenizer)  # before the student: a measured layer selection reads it
+    student = build_student(config, teacher, vocab_size=cache_vocab, train_blocks=data.train)
     trainable, total = count_parameters(student)
     source = (
         f"{count_parameters(teacher)[1] / 1e6:.1f}M params"
@@ -186,7 +210,6 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable"
     )
 
-    data = prepare_data(config, tokenizer)
     print(f"[fairdistill] data: {json.dumps(data.stats)}")
     pair_map = None
     if config.teacher_cache is not None:
