@@ -40,6 +40,7 @@ __all__ = [
     "LAYER_SELECTION_METHODS",
     "LayerSelection",
     "calibration_ids_from_blocks",
+    "check_selection_target",
     "measure_layer_selection",
     "select_teacher_layers",
 ]
@@ -272,6 +273,21 @@ def _check_calibration(calibration_ids, method: str) -> torch.Tensor:
     return ids.long()
 
 
+def check_selection_target(teacher: PreTrainedModel, num_layers: int) -> int:
+    """The teacher's layer count, once it is clear that a ``num_layers`` student can be chosen from its
+    blocks (cheap: call it before anything long runs)."""
+    if not isinstance(teacher, PreTrainedModel):
+        raise TypeError(f"teacher must be a transformers PreTrainedModel, got {type(teacher).__name__}")
+    n_teacher = _num_layers(teacher.config)
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers < n_teacher:
+        raise ValueError(
+            f"num_layers={num_layers!r}: a student built from teacher layers keeps between 1 and "
+            f"{n_teacher - 1} of the teacher's {n_teacher}; for a same-size student use student_init=lora"
+        )
+    decoder_layers(teacher)  # a teacher whose blocks cannot be found fails here
+    return n_teacher
+
+
 def measure_layer_selection(
     teacher: PreTrainedModel,
     num_layers: int,
@@ -290,17 +306,9 @@ def measure_layer_selection(
     """
     if method not in LAYER_SELECTION_METHODS:
         raise ValueError(f"method={method!r}: use one of {', '.join(LAYER_SELECTION_METHODS)}")
-    if not isinstance(teacher, PreTrainedModel):
-        raise TypeError(f"teacher must be a transformers PreTrainedModel, got {type(teacher).__name__}")
-    n_teacher = _num_layers(teacher.config)
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers < n_teacher:
-        raise ValueError(
-            f"num_layers={num_layers!r}: a student built from teacher layers keeps between 1 and "
-            f"{n_teacher - 1} of the teacher's {n_teacher}; for a same-size student use student_init=lora"
-        )
+    n_teacher = check_selection_target(teacher, num_layers)
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block must be a positive integer (layers removed per scan step), got {block!r}")
-    decoder_layers(teacher)  # a teacher whose blocks cannot be found fails here, before any pass
     started = time.perf_counter()
     selection = LayerSelection(
         method, n_teacher, kept=[], removed=[], block=block if method == "scan" else None

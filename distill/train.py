@@ -33,7 +33,7 @@ from counterfactuals import PairMap, build_pair_map
 
 from .config import DistillationConfig
 from .data import PreparedData, prepare_lm_datasets
-from .layer_selection import calibration_ids_from_blocks, measure_layer_selection
+from .layer_selection import calibration_ids_from_blocks, check_selection_target, measure_layer_selection
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
 from .student import (
@@ -92,18 +92,15 @@ def _read_recipe(path: Path) -> dict:
     return recipe
 
 
-def build_student(
-    config: DistillationConfig, teacher, vocab_size: int | None = None, train_blocks=None
-):
+def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None, train_blocks=None):
     """The student of ``config.student_init``. ``teacher`` may be None for ``pretrained``/``config``
     students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary.
     ``train_blocks`` (the packed training split) gives the calibration ids of a measured layer selection,
     whose record is stored in ``config.student_layer_selection_record`` and the student's config."""
-    if config.student_init == "layers" and config.student_layer_selection != "even":
-        num_layers = config.student_num_layers or (_num_layers_of(teacher) + 1) // 2
+    if measured_selection(config):
         selection = measure_layer_selection(
             teacher,
-            num_layers,
+            selection_depth(config, teacher),
             method=config.student_layer_selection,
             calibration_ids=calibration_ids_from_blocks(train_blocks, config.layer_selection_tokens),
             block=config.layer_selection_block,
@@ -131,8 +128,16 @@ def build_student(
     return student_from_config(source, vocab_size_from=teacher if teacher is not None else vocab_size)
 
 
-def _num_layers_of(model) -> int:
-    return model.config.get_text_config(decoder=True).num_hidden_layers
+def measured_selection(config: DistillationConfig) -> bool:
+    return config.student_init == "layers" and config.student_layer_selection != "even"
+
+
+def selection_depth(config: DistillationConfig, teacher) -> int:
+    """The student depth a measured selection aims at, checked against the teacher (fails fast)."""
+    n_teacher = teacher.config.get_text_config(decoder=True).num_hidden_layers
+    num_layers = config.student_num_layers or (n_teacher + 1) // 2
+    check_selection_target(teacher, num_layers)
+    return num_layers
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -197,6 +202,8 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     teacher = None
     if config.teacher_cache is None or config.student_init in ("layers", "lora"):
         teacher = load_causal_lm(teacher_path, dtype="float32")
+    if measured_selection(config):
+        selection_depth(config, teacher)  # a bad student_num_layers fails before the data are prepared
     data = prepare_data(config, tokenizer)  # before the student: a measured layer selection reads it
     student = build_student(config, teacher, vocab_size=cache_vocab, train_blocks=data.train)
     trainable, total = count_parameters(student)
