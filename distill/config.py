@@ -64,7 +64,8 @@ class DistillationConfig(TrainingArguments):
     student_num_layers: int | None = field(
         default=None,
         metadata={
-            "help": "Student layer count, evenly spaced over the teacher's, when student_layers is unset."
+            "help": "Student layer count when student_layers is unset; which teacher layers: "
+            "student_layer_selection."
         },
     )
     student_layer_selection: str = field(
