@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python recipes/main_job.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": settings.to_dict(),
-        "training": {"config": config.to_dict(), "log": trainer.state.log_history, "models": sizes},
+        "training": {"config": config.to_dict(), "log": trainer.state.log_history, "model_sizes": sizes},
         "models": results,
     }
     paths = write_report(report, out / "report")

@@ -53,7 +53,7 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
     selection = config["student_layer_selection_record"]
     assert len(selection["kept"]) == 1 and selection["calibration_tokens"] == 256
     assert len(selection["steps"][0]["candidates"]) == 2
-    sizes = report["training"]["models"]
+    sizes = report["training"]["model_sizes"]
     assert sizes["teacher"]["layers"] == 2 and sizes["student"]["layers"] == 1
     assert sizes["student"]["parameters"] < sizes["teacher"]["parameters"]
     for result in report["models"]:
