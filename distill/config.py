@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .losses import COMBINE_MODES, SCOPES
 
 STUDENT_INITS = ("layers", "pretrained", "config", "lora")
+LAYER_SELECTIONS = ("even", "scan", "angular")  # distill.layer_selection.LAYER_SELECTION_METHODS
 CDA_MODES = ("two_sided", "one_sided")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("error", "skip_step")
@@ -104,7 +105,41 @@ class DistillationConfig(TrainingArguments):
     student_num_layers: int | None = field(
         default=None,
         metadata={
-            "help": "Student layer count, evenly spaced over the teacher's, when student_layers is unset."
+            "help": "Student layer count when student_layers is unset; which teacher layers: "
+            "student_layer_selection."
+        },
+    )
+    student_layer_selection: str = field(
+        default="even",
+        metadata={
+            "help": "How student_init=layers picks student_num_layers teacher layers when student_layers is "
+            "unset: 'even' spaces them evenly (DistilGPT-2's map), 'scan' removes greedily the layers whose "
+            "removal raises the teacher's loss on calibration text least, 'angular' drops the contiguous "
+            "block whose input and output hidden states differ least (Gromov et al. 2024). scan/angular "
+            "measure on the first layer_selection_tokens tokens of the training blocks (never eval text); "
+            "the choice and every score go to the resolved config and the student's config.json."
+        },
+    )
+    layer_selection_tokens: int = field(
+        default=4096,
+        metadata={
+            "help": "Calibration tokens for student_layer_selection scan/angular, taken as whole training "
+            "blocks (at least one block_size)."
+        },
+    )
+    layer_selection_block: int = field(
+        default=1,
+        metadata={
+            "help": "Layers student_layer_selection=scan removes per greedy step (a contiguous run of kept "
+            "layers): 1 is the finest search; larger is cheaper (a step costs about one teacher pass per "
+            "candidate position)."
+        },
+    )
+    student_layer_selection_record: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Written by the run, not read: what student_layer_selection chose and measured (kept "
+            "layers, every candidate's score, calibration token count and sha256, seconds)."
         },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (student_init=lora)."})
@@ -283,6 +318,29 @@ class DistillationConfig(TrainingArguments):
                 )
         if self.student_num_layers is not None and self.student_num_layers < 1:
             raise ValueError(f"student_num_layers must be >= 1, got {self.student_num_layers}")
+        if self.student_layer_selection not in LAYER_SELECTIONS:
+            raise ValueError(
+                f"student_layer_selection={self.student_layer_selection!r}: use one of "
+                f"{', '.join(LAYER_SELECTIONS)}"
+            )
+        if self.student_layer_selection != "even":
+            if self.student_init != "layers":
+                raise ValueError(
+                    f"student_layer_selection={self.student_layer_selection} picks teacher layers for "
+                    "student_init=layers; drop it or set student_init=layers"
+                )
+            if self.student_layers is not None:
+                raise ValueError(
+                    f"student_layers fixes the layers, so student_layer_selection="
+                    f"{self.student_layer_selection} has nothing to choose; give one of them"
+                )
+            if self.layer_selection_tokens < self.block_size:
+                raise ValueError(
+                    f"layer_selection_tokens={self.layer_selection_tokens} is less than one training block "
+                    f"(block_size={self.block_size}); pass at least {self.block_size}"
+                )
+        if self.layer_selection_block < 1:
+            raise ValueError(f"layer_selection_block must be >= 1, got {self.layer_selection_block}")
         if self.perturbation is not None and self.perturbation not in COMBINE_MODES:
             raise ValueError(
                 f"perturbation={self.perturbation!r}: use one of {', '.join(COMBINE_MODES)}, "

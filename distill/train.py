@@ -29,6 +29,7 @@ from counterfactuals import PairMap
 from .config import DistillationConfig
 from .data import PreparedData
 from .guards import NonFiniteError, check_output_dir, clear_checkpoints, redact_argv, resolve_resume
+from .layer_selection import calibration_ids_from_blocks, check_selection_target, measure_layer_selection
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
 from .recipe import (
@@ -56,9 +57,24 @@ from .trainer import (
 )
 
 
-def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None):
+def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None, train_blocks=None):
     """The student of ``config.student_init``. ``teacher`` may be None for ``pretrained``/``config``
-    students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary."""
+    students (with a teacher cache), then ``vocab_size`` sets a ``config`` student's vocabulary.
+    ``train_blocks`` (the packed training split) gives the calibration ids of a measured layer selection,
+    whose record is stored in ``config.student_layer_selection_record`` and the student's config."""
+    if measured_selection(config):
+        selection = measure_layer_selection(
+            teacher,
+            selection_depth(config, teacher),
+            method=config.student_layer_selection,
+            calibration_ids=calibration_ids_from_blocks(train_blocks, config.layer_selection_tokens),
+            block=config.layer_selection_block,
+        )
+        print(f"[fairdistill] layer selection: {selection.summary()}")
+        student = student_from_teacher_layers(teacher, layers=selection.kept)
+        config.student_layer_selection_record = selection.to_dict()
+        student.config.fairdistill_layer_selection = selection.to_dict()  # saved in config.json
+        return student
     if config.student_init == "layers":
         return student_from_teacher_layers(
             teacher, layers=config.student_layers, num_layers=config.student_num_layers
@@ -81,6 +97,18 @@ def build_student(config: DistillationConfig, teacher, vocab_size: int | None = 
         vocab_size_from=teacher if teacher is not None else vocab_size,
         trust_remote_code=config.trust_remote_code,
     )
+
+
+def measured_selection(config: DistillationConfig) -> bool:
+    return config.student_init == "layers" and config.student_layer_selection != "even"
+
+
+def selection_depth(config: DistillationConfig, teacher) -> int:
+    """The student depth a measured selection aims at, checked against the teacher (fails fast)."""
+    n_teacher = teacher.config.get_text_config(decoder=True).num_hidden_layers
+    num_layers = config.student_num_layers or (n_teacher + 1) // 2
+    check_selection_target(teacher, num_layers)
+    return num_layers
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -152,7 +180,10 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
     teacher = None
     if config.teacher_cache is None or config.student_init in ("layers", "lora"):
         teacher = load_causal_lm(teacher_path, dtype="float32", **config.teacher_load_kwargs())
-    student = build_student(config, teacher, vocab_size=cache_vocab)
+    if measured_selection(config):
+        selection_depth(config, teacher)  # a bad student_num_layers fails before the data are prepared
+    data = prepare_data(config, tokenizer)  # before the student: a measured layer selection reads it
+    student = build_student(config, teacher, vocab_size=cache_vocab, train_blocks=data.train)
     trainable, total = count_parameters(student)
     source = (
         f"{count_parameters(teacher)[1] / 1e6:.1f}M params"
@@ -165,7 +196,6 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         f"{total / 1e6:.1f}M params, {trainable / 1e6:.1f}M trainable",
     )
 
-    data = prepare_data(config, tokenizer)
     say(config, f"[fairdistill] data: {json.dumps(data.stats)}")
     pair_map = None
     if config.teacher_cache is not None:

@@ -6,13 +6,17 @@
    domains (real English, CC BY-SA 4.0, read from ``../shared/data/bold``), with every page that also
    yields a profession or gender prompt removed, so training never sees the evaluation prompts' pages;
    one page in ten is held out for perplexity;
-3. student: the recipe's (``recipes/main-offline.yaml``: LoRA adapters on the teacher), distilled
+3. student: the recipe's (``recipes/main-offline.yaml``: 24 of the teacher's 30 decoder blocks, chosen by
+   measuring the teacher's loss on training text with candidate blocks removed, all parameters trained;
+   ``--student lora``: ``recipes/main-offline-lora.yaml``, LoRA adapters on the teacher), distilled
    against the counterfactually perturbed teacher with CDA;
 4. evaluation of teacher and student: profession gender-polarity disparity (BOLD prompts), pronoun
    gap, VADER sentiment on the gender domain, held-out perplexity;
-5. a comparison table printed, and the report (JSON, Markdown, PNG) written to ``--out``.
+5. a comparison table printed (with the parameter counts of teacher and student), and the report
+   (JSON, Markdown, PNG) written to ``--out``.
 
-    python recipes/main_job.py [--out runs/main] [--steps N] [--wandb] [-- --key value ...]
+    python recipes/main_job.py [--out runs/main] [--student layers|lora] [--steps N] [--wandb]
+        [-- --key value ...]
 
 ``--recipe recipes/gpt2-distilgpt2.yaml --bold AlexaAI/bold --text Skylion007/openwebtext`` runs the
 paper's setup at full scale on a GPU with Hub access instead.
@@ -32,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill.student import merge_lora  # noqa: E402
+from distill.student import count_parameters, merge_lora  # noqa: E402
 from distill.train import parse_config, run  # noqa: E402
 from eval.generation import GenerationSettings, model_max_positions  # noqa: E402
 from eval.report import markdown_report, write_report  # noqa: E402
@@ -40,6 +44,7 @@ from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa
 from fairdistill.errors import UserError, check_text_file, read_json, run_cli  # noqa: E402
 
 TRAIN_DOMAINS = ("race", "religious_ideology", "political_ideology")
+STUDENT_RECIPES = {"layers": "main-offline.yaml", "lora": "main-offline-lora.yaml"}
 EVAL_DOMAINS = ("profession", "gender")
 
 
@@ -119,12 +124,39 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def model_size(model) -> dict:
+    """Parameters (tied weights once) and decoder layers of a plain (merged) model."""
+    return {
+        "parameters": count_parameters(model)[1],
+        "layers": model.config.get_text_config(decoder=True).num_hidden_layers,
+    }
+
+
+def size_table(sizes: dict, selection: dict | None) -> str:
+    lines = ["| model | decoder layers | parameters |", "|---|---|---|"]
+    for name, size in sizes.items():
+        lines.append(f"| {name} | {size['layers']} | {size['parameters'] / 1e6:.1f}M |")
+    if selection:
+        lines.append(
+            f"\nStudent layers ({selection['method']}, {selection['calibration_tokens']} calibration tokens, "
+            f"{selection['seconds']:.0f} s): kept {selection['kept']}, removed {selection['removed']}."
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default=str(REPO / "recipes" / "main-offline.yaml"))
+    parser.add_argument(
+        "--student",
+        choices=tuple(STUDENT_RECIPES),
+        default="layers",
+        help="layers: a smaller student of measured teacher layers (recipes/main-offline.yaml); lora: the "
+        "teacher plus LoRA adapters (recipes/main-offline-lora.yaml)",
+    )
+    parser.add_argument("--recipe", default=None, help="training recipe (default: the --student one)")
     parser.add_argument("--out", type=Path, default=Path("runs/main"))
     default_bold = os.environ.get("FAIRDISTILL_BOLD_DIR", str(REPO.parent / "shared" / "data" / "bold"))
     parser.add_argument("--bold", default=default_bold, help="local BOLD folder (or a Hub id with --text)")
@@ -140,7 +172,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument(
         "--wandb", action="store_true", help="report the run to W&B (offline unless logged in)"
     )
-    return parser.parse_args(argv), overrides
+    args = parser.parse_args(argv)
+    if args.recipe is None:
+        args.recipe = str(REPO / "recipes" / STUDENT_RECIPES[args.student])
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -227,8 +262,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     student = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(student, "merge_and_unload"):
         student = merge_lora(student)  # a plain model generates faster than adapters on top
-    results = []
+    results, sizes = [], {}
     for step, (name, model) in enumerate((("teacher", teacher), ("student", student)), start=3):
+        sizes[name] = model_size(model)
         say(f"[main {step}/5] evaluating the {name}")
         result = evaluate_model(model.float(), tokenizer, settings, name=name, progress=False)
         say(f"           {result['headline']}")
@@ -238,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python recipes/main_job.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": settings.to_dict(),
-        "training": {"config": config.to_dict(), "log": trainer.state.log_history},
+        "training": {"config": config.to_dict(), "log": trainer.state.log_history, "model_sizes": sizes},
         "models": results,
     }
     paths = write_report(report, out / "report")
@@ -246,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     say("[main 5/5] report: " + ", ".join(str(p) for p in paths.values()))
     say("")
     say(markdown_report(report).split("\n\n### ")[0])
+    say("")
+    say(size_table(sizes, config.student_layer_selection_record))
     say(f"\ndone in {time.perf_counter() - started:.0f} s")
     return report
 

@@ -47,13 +47,20 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
         "--out", str(tmp_path / "run"), "--bold", str(bold_dir), "--steps", "2", "--per-category", "1",
         "--num-samples", "1", "--max-new-tokens", "4", "--n-bootstrap", "50",
         "--", "--teacher_name_or_path", str(teacher), "--block_size", "32",
-        "--per_device_train_batch_size", "2", "--use_cpu", "true",
+        "--per_device_train_batch_size", "2", "--use_cpu", "true", "--student_num_layers", "1",
+        "--layer_selection_tokens", "256",
     ])  # fmt: skip
     assert [m["name"] for m in report["models"]] == ["teacher", "student"]
-    assert (
-        report["training"]["config"]["perturbation"] == "max"
-        and report["training"]["config"]["cda"] == "two_sided"
-    )
+    config = report["training"]["config"]
+    assert config["perturbation"] == "max" and config["cda"] == "two_sided"
+    # the default student is smaller than its teacher, its layers chosen by measurement on training text
+    assert config["student_init"] == "layers" and config["student_layer_selection"] == "scan"
+    selection = config["student_layer_selection_record"]
+    assert len(selection["kept"]) == 1 and selection["calibration_tokens"] == 256
+    assert len(selection["steps"][0]["candidates"]) == 2
+    sizes = report["training"]["model_sizes"]
+    assert sizes["teacher"]["layers"] == 2 and sizes["student"]["layers"] == 1
+    assert sizes["student"]["parameters"] < sizes["teacher"]["parameters"]
     for result in report["models"]:
         assert result["perplexity"]["perplexity"] > 1 and "pronoun_gap" in result and "sentiment" in result
     written = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
@@ -61,6 +68,18 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
     assert (tmp_path / "run" / "report" / "shares.png").is_file()
     printed = capsys.readouterr().out
     assert "| teacher |" in printed and "| student |" in printed and "[main 5/5]" in printed
+    assert "| model | decoder layers | parameters |" in printed and "| student | 1 |" in printed
+
+
+def test_lora_student_is_an_option():
+    from distill.train import parse_config
+
+    args, overrides = load_main_job().parse_args(["--student", "lora", "--", "--max_steps", "3"])
+    assert args.recipe.endswith("main-offline-lora.yaml") and overrides == ["--max_steps", "3"]
+    config = parse_config(["--config", args.recipe, "--output_dir", "unused"])
+    assert config.student_init == "lora" and config.student_layer_selection == "even"
+    default, _ = load_main_job().parse_args([])
+    assert parse_config(["--config", default.recipe, "--output_dir", "unused"]).student_num_layers == 24
 
 
 # ----------------------------------------------------------------------------------------------------

