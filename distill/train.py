@@ -18,11 +18,11 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from counterfactuals import PairMap
 
@@ -55,6 +55,9 @@ from .trainer import (
     run_pair_map,
     write_resolved_config,
 )
+
+# makes a callback for a built trainer (the fairness callback lives in eval, above distill's reach)
+CallbackFactory = Callable[[CounterfactualDistillationTrainer], TrainerCallback]
 
 
 def build_student(config: DistillationConfig, teacher, vocab_size: int | None = None, train_blocks=None):
@@ -111,12 +114,12 @@ def selection_depth(config: DistillationConfig, teacher) -> int:
     return num_layers
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, *, fairness_callback: CallbackFactory | None = None) -> dict:
     """Parse the recipe and overrides, run, return the final eval metrics."""
     config = parse_config(argv)
     sys.argv[:] = redact_argv(sys.argv)  # before any tracker records the command line
     claim_output_dir(config)
-    return run(config)[1]
+    return run(config, fairness_callback=fairness_callback)[1]
 
 
 def claim_output_dir(config: DistillationConfig) -> None:
@@ -158,9 +161,17 @@ def say(config: DistillationConfig, message: str) -> None:
         print(message, flush=True)
 
 
-def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, dict]:
+def run(
+    config: DistillationConfig, *, fairness_callback: CallbackFactory | None = None
+) -> tuple[CounterfactualDistillationTrainer, dict]:
     """Recipe to checkpoint: returns the trainer (its ``model`` is the trained student) and the final
-    eval metrics."""
+    eval metrics. ``fairness_callback(trainer)`` makes the callback that ``fairness_eval`` adds; distill
+    never imports eval, so the application layer passes it (``fairdistill.train``)."""
+    if config.fairness_eval and fairness_callback is None:
+        raise ValueError(
+            "fairness_eval needs the evaluation module, which distill.train does not import: launch with "
+            "`accelerate launch -m fairdistill.train ...` (same arguments)"
+        )
     set_seed(config.seed)
     # --resume_from_checkpoint latest/true: the newest complete checkpoint (incomplete ones are named)
     resume, notes = resolve_resume(config.output_dir, config.resume_from_checkpoint)
@@ -217,10 +228,8 @@ def run(config: DistillationConfig) -> tuple[CounterfactualDistillationTrainer, 
         eval_dataset=data.eval,
         processing_class=tokenizer,
     )
-    if config.fairness_eval:
-        from eval.callback import FairnessEvalCallback  # eval meets training only through this callback
-
-        trainer.add_callback(FairnessEvalCallback(tokenizer, trainer=trainer))
+    if config.fairness_eval:  # eval meets training only through this callback
+        trainer.add_callback(fairness_callback(trainer))
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # student (or LoRA adapters) + tokenizer, safetensors; resolved config via _save
     metrics: dict = {}
@@ -251,12 +260,12 @@ def _own_tokenizer(name_or_path: str):
 DEBUG_ENV = "FAIRDISTILL_DEBUG"
 
 
-def cli() -> None:
+def cli(*, fairness_callback: CallbackFactory | None = None) -> None:
     """``python -m distill.train``: user errors (a bad value, file or folder) are one line on stderr and
     exit 2; a run stopped by a non-finite loss exits 1 with its message; FAIRDISTILL_DEBUG=1 re-raises
     either with the traceback."""
     try:
-        main()
+        main(fairness_callback=fairness_callback)
     except (ValueError, OSError) as err:  # RecipeError, config checks, missing/unreadable files, data
         _fail(err, 2)
     except NonFiniteError as err:

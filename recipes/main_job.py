@@ -42,6 +42,7 @@ from eval.generation import GenerationSettings, model_max_positions  # noqa: E40
 from eval.report import markdown_report, write_report  # noqa: E402
 from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa: E402
 from fairdistill.errors import UserError, check_text_file, read_json, run_cli  # noqa: E402
+from fairdistill.train import fairness_callback  # noqa: E402
 
 TRAIN_DOMAINS = ("race", "religious_ideology", "political_ideology")
 STUDENT_RECIPES = {"layers": "main-offline.yaml", "lora": "main-offline-lora.yaml"}
@@ -233,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"[main 2/5] distilling {config.teacher_name_or_path} -> {config.student_init} student: perturbation="
         f"{config.perturbation} ({config.perturbation_scope}), CDA={config.cda}, {config.max_steps} steps"
     )
-    trainer, _ = run(config)
+    trainer, _ = run(config, fairness_callback=fairness_callback)
     losses = [entry for entry in trainer.state.log_history if "loss_kd" in entry]
     if losses:
         say(
