@@ -46,7 +46,7 @@ def test_subcommand_runs_the_owning_module():
 
 
 def test_distill_launcher_points_to_fairdistill_for_fairness_eval(tmp_path):
-    """distill never imports eval: --fairness_eval needs the application layer's launcher, said in one line."""
+    """distill never imports eval: --fairness_eval needs the application layer's launcher (one line)."""
     from distill.train import parse_config, run
 
     config = parse_config(
