@@ -254,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         perplexity_text=perplexity_text,
         perplexity_max_length=window,
         perplexity_stride=window // 2,
+        elicitation_split="heldout",  # half the templates and occupations: the main job's time budget
     )
     if perplexity_text:
         from eval.perplexity import load_text_for_perplexity
