@@ -1,6 +1,7 @@
 """The model card of a fairdistill student: the run (from ``distill.training_card``) and its evaluation.
 
 The card reads ``python -m eval``'s ``results.json``, so it lives above both ``distill`` and ``eval``.
+Just over 600 lines: the results adapter, the comparison rule and the card text are read together here.
 :func:`card_builder` turns results into the callable :func:`distill.publish.publish` calls with the
 folder's :class:`~distill.training_card.CardContext`; :func:`model_card` is the same card as a function of
 plain values.
