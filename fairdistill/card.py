@@ -93,6 +93,12 @@ class ModelNumbers:
     perplexity_setup: dict[str, Any]  # tokens, max_length (window), stride
     sentiment_gap: Measure | None  # VADER positive share, actors - actresses; None: not measured
     headline: str | None
+    # pronoun elicitation and the likelihood benchmarks (None: not measured); 0 = no gender preference
+    association: Measure | None = None  # female share, female- minus male-stereotyped occupations
+    global_shift: Measure | None = None  # overall female share of gendered continuations - 0.5
+    crows_pairs: Measure | None = None  # CrowS-Pairs gender: stereotype share - 0.5
+    winobias_type1: Measure | None = None  # WinoBias type 1: pro-stereotype share - 0.5
+    winobias_type2: Measure | None = None  # WinoBias type 2: pro-stereotype share - 0.5
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,17 @@ def _interval(value: Any) -> tuple[float, float] | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _measure(
+    block: Any, value_key: str = "value", ci_key: str = "ci", *, minus: float = 0.0
+) -> Measure | None:
+    """``block[value_key]`` and its interval ``block[ci_key]``, minus ``minus``; None: not measured."""
+    if not isinstance(block, dict) or finite(block.get(value_key)) is None:
+        return None
+    ci = _interval(block.get(ci_key))
+    shifted = None if ci is None else (ci[0] - minus, ci[1] - minus)
+    return Measure(finite(block.get(value_key)) - minus, shifted)
 
 
 def eval_numbers(results: dict[str, Any]) -> EvalNumbers:
@@ -167,6 +184,11 @@ def eval_numbers(results: dict[str, Any]) -> EvalNumbers:
             else {},
             sentiment_gap=Measure(finite(vader.get("positive_gap"))) if isinstance(vader, dict) else None,
             headline=entry.get("headline") if isinstance(entry.get("headline"), str) else None,
+            association=_measure(_get(entry, "elicitation", "association")),
+            global_shift=_measure(_get(entry, "elicitation", "global_shift")),
+            crows_pairs=_measure(entry.get("crows_pairs"), "stereotype_share", minus=0.5),
+            winobias_type1=_measure(entry.get("winobias"), "type1_pro_share", "type1_ci", minus=0.5),
+            winobias_type2=_measure(entry.get("winobias"), "type2_pro_share", "type2_ci", minus=0.5),
         )
     settings = results.get("settings") or {}
     return EvalNumbers(
@@ -265,6 +287,11 @@ def compare(student: Measure | None, teacher: Measure | None, *, better: str) ->
 
 # The metrics the card compares: label, how to read the student/teacher value, which way is better.
 _COMPARED = [
+    ("association, female share of female- minus male-stereotyped occupations", "association", "closer to 0"),
+    ("global shift, female share of gendered continuations − 0.5", "global_shift", "closer to 0"),
+    ("CrowS-Pairs gender, stereotype share − 0.5", "crows_pairs", "closer to 0"),
+    ("WinoBias type 1, pro-stereotype share − 0.5", "winobias_type1", "closer to 0"),
+    ("WinoBias type 2, pro-stereotype share − 0.5", "winobias_type2", "closer to 0"),
     ("mean equitability (gender balance over professions; 1 = parity)", "mean_equitability", "higher"),
     ("min equitability (worst profession)", "min_equitability", "higher"),
     ("pronoun gap, mean absolute", "pronoun_gap_abs", "lower"),
@@ -395,10 +422,18 @@ def _comparison_lines(student: ModelNumbers, teacher: ModelNumbers | None) -> li
     return lines + [""]
 
 
+def headline_measure(student: ModelNumbers | None) -> str:
+    """The card's headline bias measure: the pronoun-elicitation association where it was measured (it has
+    the signal: most continuations carry a pronoun), else BOLD's mean equitability."""
+    return "association" if student is not None and student.association is not None else "mean equitability"
+
+
 def headline_verdict(student: ModelNumbers | None, teacher: ModelNumbers | None) -> str | None:
-    """The verdict on mean equitability, the card's headline bias measure; None without a comparison."""
+    """The verdict on the headline bias measure; None without a comparison."""
     if student is None or teacher is None:
         return None
+    if headline_measure(student) == "association":
+        return compare(student.association, teacher.association, better="closer to 0")
     return compare(student.mean_equitability, teacher.mean_equitability, better="higher")
 
 
@@ -472,25 +507,70 @@ def _evaluation_section(
     if numbers.command:
         note = "The evaluation command (the card cuts local paths to their last component):"
         lines += ["", note, "", "```bash", numbers.command, "```"]
+    if student.association is not None:
+        lines.append(
+            "- **Pronoun elicitation**: sampled continuations of templated occupation contexts (\"The nurse "
+            "said that\"), labelled by their first gendered pronoun. Association = female share for "
+            "WinoBias's female-stereotyped occupations minus that for male-stereotyped ones (0 = none); "
+            "global shift = overall female share − 0.5."
+        )
+    if student.crows_pairs is not None or student.winobias_type1 is not None:
+        lines.append(
+            "- **CrowS-Pairs (gender) and WinoBias**: the share of minimal pairs where the model gives the "
+            "stereotypical sentence the higher log-likelihood, shown minus 0.5 (0 = no preference), with "
+            "Wilson 95% intervals over pairs."
+        )
+    extra = [
+        f"| {label} | {_fmt_measure(entry.association, '+.2f')} | {_fmt_measure(entry.global_shift, '+.2f')} "
+        f"| {_fmt_measure(entry.crows_pairs, '+.2f')} | {_fmt_measure(entry.winobias_type1, '+.2f')} "
+        f"| {_fmt_measure(entry.winobias_type2, '+.2f')} |"
+        for label, entry in (("teacher", teacher), (f"**this model** ({student.name})", student))
+        if entry is not None
+    ]
+    models = [entry for entry in (student, teacher) if entry is not None]
+    if any(entry.association or entry.crows_pairs or entry.winobias_type1 for entry in models):
+        lines += [
+            "",
+            "| model | association | global shift | CrowS-Pairs − 0.5 | WinoBias 1 − 0.5 "
+            "| WinoBias 2 − 0.5 |",
+            "|---|---|---|---|---|---|",
+            *extra,
+        ]
     if student.headline:
         lines += ["", f"Summary for this model: {student.headline}"]
     return lines + [""]
 
 
-def _intended_use(verdict: str | None) -> list[str]:
+def _intended_use(verdict: str | None, measure: str = "mean equitability") -> list[str]:
     """States the headline verdict, and only that; nothing when there was no comparison."""
-    claim = {
-        BETTER: "On this evaluation its generations were measurably more gender-balanced than the "
-        "teacher's (mean equitability, non-overlapping 95% intervals): less gender-skewed on these "
-        "prompts. Check its perplexity in the table before using it in the teacher's place.",
-        WORSE: "On this evaluation its generations were measurably *less* gender-balanced than the "
-        "teacher's (mean equitability, non-overlapping 95% intervals): it is not a less biased "
-        "replacement for the teacher.",
-        NO_DIFFERENCE: "This evaluation found no measurable difference in gender balance between it and "
-        "the teacher (overlapping 95% intervals of mean equitability).",
-        NOT_COMPARED: "The evaluation gave no interval for the teacher's or this model's mean equitability, "
-        "so the card does not compare their gender balance.",
-    }.get(verdict or "", "")
+    claims = {
+        "mean equitability": {
+            BETTER: "On this evaluation its generations were measurably more gender-balanced than the "
+            "teacher's (mean equitability, non-overlapping 95% intervals): less gender-skewed on these "
+            "prompts. Check its perplexity in the table before using it in the teacher's place.",
+            WORSE: "On this evaluation its generations were measurably *less* gender-balanced than the "
+            "teacher's (mean equitability, non-overlapping 95% intervals): it is not a less biased "
+            "replacement for the teacher.",
+            NO_DIFFERENCE: "This evaluation found no measurable difference in gender balance between it and "
+            "the teacher (overlapping 95% intervals of mean equitability).",
+            NOT_COMPARED: "The evaluation gave no interval for the teacher's or this model's mean "
+            "equitability, so the card does not compare their gender balance.",
+        },
+        "association": {
+            BETTER: "On this evaluation its pronouns associated occupations with a gender measurably less "
+            "than the teacher's (association, non-overlapping 95% intervals) on these prompts. Check its "
+            "perplexity in the table before using it in the teacher's place.",
+            WORSE: "On this evaluation its pronouns associated occupations with a gender measurably *more* "
+            "than the teacher's (association, non-overlapping 95% intervals): it is not a less biased "
+            "replacement for the teacher.",
+            NO_DIFFERENCE: "This evaluation found no measurable difference between it and the teacher in "
+            "how its pronouns associate occupations with a gender (overlapping 95% intervals of the "
+            "association).",
+            NOT_COMPARED: "The evaluation gave no interval for the teacher's or this model's association, "
+            "so the card does not compare them.",
+        },
+    }
+    claim = claims[measure].get(verdict or "", "")
     return [
         "## Intended use",
         "",
@@ -527,7 +607,7 @@ def build_card(
             meta["model-index"] = index
     body = [*parts.title, *parts.details, *parts.training]
     body += _evaluation_section(numbers, student, teacher, parts.teacher_ref)
-    body += _intended_use(headline_verdict(student, teacher))
+    body += _intended_use(headline_verdict(student, teacher), headline_measure(student))
     body += [
         "## Limitations and bias",
         "",

@@ -161,3 +161,27 @@ def test_real_tiny_run_is_published_with_its_training_summary(tmp_path, fake_hub
     assert "recorded by the training run" in body and "torch " in body
     assert "Not evaluated" in body and CLAIM not in body and "gender-balanced" not in body
     assert str(tmp_path) not in (out / "README.md").read_text()
+
+
+def test_association_is_the_headline_when_pronoun_elicitation_was_measured():
+    """With the pronoun-elicitation measures in the results, the card's headline verdict is the association
+    (0 = none) and the likelihood benchmarks are compared as distances from no preference (0.5)."""
+    results = _results()
+    blocks = {
+        "teacher": ({"value": 0.30, "ci": [0.20, 0.40]}, 0.60, [0.55, 0.65]),
+        "student": ({"value": 0.05, "ci": [-0.03, 0.12]}, 0.50, [0.47, 0.53]),
+    }
+    for entry, name in zip(results["models"], ("teacher", "student"), strict=True):
+        association, share, ci = blocks[name]
+        shift = {"value": 0.01, "ci": [-0.05, 0.07]}
+        entry["elicitation"] = {"association": association, "global_shift": shift}
+        entry["crows_pairs"] = {"stereotype_share": share, "ci": ci, "n_pairs": 262}
+    body = _body(results)
+    line = next(row for row in body.splitlines() if row.startswith("- association"))
+    assert "**better**" in line and "this model 0.05 [-0.03, 0.12], teacher 0.30 [0.20, 0.40]" in line
+    crows = next(row for row in body.splitlines() if row.startswith("- CrowS-Pairs"))
+    assert "**better**" in crows  # |0.00| [0, 0.03] against |0.10| [0.05, 0.15]: no overlap
+    shift = next(row for row in body.splitlines() if row.startswith("- global shift"))
+    assert "**no measurable difference**" in shift
+    assert "associated occupations with a gender measurably less than the teacher's" in body
+    assert "more gender-balanced" not in body
