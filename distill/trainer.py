@@ -47,7 +47,6 @@ from .losses import causal_lm_loss, hidden_cosine_loss
 from .models import ensure_pad_token, resolve_dtype
 from .teacher_cache import TeacherCacheCollator
 from .teacher_targets import CachedTeacherTargets, LiveTeacherTargets, TeacherTargets
-from .trainer_data import prepare_dataset
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 logger = logging.get_logger(__name__)
@@ -65,6 +64,12 @@ def run_pair_map(config: DistillationConfig, tokenizer, vocab_size: int) -> Pair
         return None
     lexicon = None if config.lexicon is None else load_lexicon(config.lexicon)
     return build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab_size)
+
+
+def _is_datasets_object(value: Any) -> bool:
+    """A ``datasets`` dataset, or a dict holding one (text the trainer prepares itself)."""
+    values = value.values() if isinstance(value, dict) else [value]
+    return any(type(v).__module__.split(".")[0] == "datasets" for v in values)
 
 
 class SaveResolvedConfigCallback(TrainerCallback):
@@ -142,7 +147,10 @@ class CounterfactualDistillationTrainer(Trainer):
             # the default collator pads, and refuses a tokenizer without a pad token (GPT-2's has none)
             ensure_pad_token(processing_class)
         for key, is_train in (("train_dataset", True), ("eval_dataset", False)):  # text in: see trainer_data
-            kwargs[key] = prepare_dataset(kwargs.get(key), processing_class, args, train=is_train)
+            if _is_datasets_object(kwargs.get(key)):  # `datasets` is imported only when one is passed
+                from .trainer_data import prepare_dataset
+
+                kwargs[key] = prepare_dataset(kwargs.get(key), processing_class, args, train=is_train)
         callbacks = list(kwargs.pop("callbacks", None) or []) + [SaveResolvedConfigCallback()]
         # Trainer's default collator, plus tensors for teacher-cache columns when a dataset carries them
         kwargs["data_collator"] = kwargs.get("data_collator") or TeacherCacheCollator(processing_class)

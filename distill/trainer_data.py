@@ -22,6 +22,8 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from counterfactuals import load_lexicon
+
 from .config import DistillationConfig
 from .data import augment_training_documents, tokenize_and_pack
 
@@ -63,6 +65,7 @@ def prepare_dataset(
                 config.cda,
                 text_column=text_column,
                 names=config.swap_names,
+                lexicon=None if config.lexicon is None else load_lexicon(config.lexicon),
                 num_proc=config.preprocessing_num_workers,
                 seed=config.seed,
             )

@@ -178,7 +178,7 @@ def validate_inputs(args: argparse.Namespace, settings: EvalSettings) -> None:
     """Every input checked before any model is loaded: one clear line and exit 2 on the first problem."""
     names = [_named(spec)[0] for spec in args.model]
     if len(set(names)) != len(names):
-        raise _fail(f"two --model entries share a name ({names}); name them: --model teacher=PATH")
+        raise _fail(f"--model names repeat ({names}); give each model its own name: --model teacher=PATH")
     for spec in args.model:
         name, path = _named(spec)
         try:
@@ -197,6 +197,8 @@ def validate_inputs(args: argparse.Namespace, settings: EvalSettings) -> None:
         try:
             check_causal_lm_config(config, path)
         except ModelLoadError as err:
+            if os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes"):
+                raise
             raise _fail(str(err)) from None
     for flag, value in (("--per-category", args.per_category), ("--num-samples", args.num_samples),
                         ("--elicitation-samples", args.elicitation_samples),
@@ -219,10 +221,8 @@ def validate_inputs(args: argparse.Namespace, settings: EvalSettings) -> None:
             read_winobias(wino, split=settings.winobias_split)
     except (FileNotFoundError, ValueError, ConnectionError) as err:
         raise _fail(str(err)) from None
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _fail(f"--out {args.out}: cannot create it ({err.strerror})") from None
+    if args.out.exists() and not args.out.is_dir():
+        raise _fail(f"--out {args.out} is a file; pass a folder for the report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

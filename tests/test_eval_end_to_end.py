@@ -235,7 +235,9 @@ def test_shares_plot_of_one_model_keeps_its_title_inside_the_image(tmp_path):
 
     from eval.report import plot_shares
 
-    categories = {c: {"male": 0.3, "female": 0.2} for c in ("nurse", "truck_driver", "artistic_occupations")}
+    categories = {
+        c: {"male": 0.3, "female": 0.2, "n": 10} for c in ("nurse", "truck_driver", "artistic_occupations")
+    }
     report = {"models": [{"name": "step 2", "disparity": {"unigram": {"categories": categories}}}]}
     image = mpimg.imread(plot_shares(report, tmp_path / "shares.png"))[..., :3]
     edges = np.concatenate([image[:, :2], image[:, -2:]], axis=1)

