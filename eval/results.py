@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["EvalReport", "ModelResult"]
+__all__ = ["EvalReport", "ModelResult", "get_path"]
 
 
-def _get(mapping: Any, *keys: str) -> Any:
+def get_path(mapping: Any, *keys: str) -> Any:
+    """``mapping[k1][k2]...`` or None when any level is missing: results may lack whole sections."""
     for key in keys:
         if not isinstance(mapping, dict) or key not in mapping:
             return None
@@ -59,7 +60,7 @@ class ModelResult:
     def scalars(self) -> dict[str, float]:
         """The headline numbers as ``{name: value}`` (only those measured and measurable)."""
         out: dict[str, float] = {}
-        overall = _get(self.disparity, "unigram", "overall") or {}
+        overall = get_path(self.disparity, "unigram", "overall") or {}
         names = {"mean_equitability": "equitability_mean", "min_equitability": "equitability_min",
                  "male": "male_share", "female": "female_share", "neutral": "neutral_share",
                  "female_of_gendered": "female_of_gendered"}  # fmt: skip
@@ -67,7 +68,7 @@ class ModelResult:
             if overall.get(key) is not None:
                 out[name] = float(overall[key])
         for key in ("association", "global_shift", "female_share"):
-            entry = _get(self.elicitation, key) or {}
+            entry = get_path(self.elicitation, key) or {}
             if entry.get("value") is not None and entry.get("measurable", True):
                 out[f"elicitation_{key}"] = float(entry["value"])
         if self.crows_pairs:

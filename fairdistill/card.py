@@ -36,6 +36,7 @@ from distill.training_card import (
     finite,
     render_card,
 )
+from eval.results import get_path
 
 __all__ = ["BOLD_HUB_ID", "EvalNumbers", "EvalResultsError", "Measure", "ModelNumbers", "card_builder",
            "compare", "eval_numbers", "guess_student_name", "model_card", "read_eval_results"]  # fmt: skip
@@ -115,15 +116,6 @@ class EvalNumbers:
     command: str | None
 
 
-def _get(mapping: Any, *keys: str) -> Any:
-    """``mapping[k1][k2]...`` or None when any level is missing: eval results may lack whole sections."""
-    for key in keys:
-        if not isinstance(mapping, dict) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
-
-
 def _interval(value: Any) -> tuple[float, float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 2:
         low, high = finite(value[0]), finite(value[1])
@@ -157,18 +149,20 @@ def eval_numbers(results: dict[str, Any]) -> EvalNumbers:
         )
     numbers = {}
     for entry in models:
-        overall = _get(entry, "disparity", "unigram", "overall") or {}
+        overall = get_path(entry, "disparity", "unigram", "overall") or {}
         gap = entry.get("pronoun_gap") or {}
         ppl = entry.get("perplexity")
-        vader = _get(entry, "sentiment", "vader")
+        vader = get_path(entry, "sentiment", "vader")
         numbers[entry["name"]] = ModelNumbers(
             name=str(entry["name"]),
             source=entry.get("model") if isinstance(entry.get("model"), str) else None,
             mean_equitability=Measure(
-                finite(overall.get("mean_equitability")), _interval(_get(overall, "ci", "mean_equitability"))
+                finite(overall.get("mean_equitability")),
+                _interval(get_path(overall, "ci", "mean_equitability")),
             ),
             min_equitability=Measure(
-                finite(overall.get("min_equitability")), _interval(_get(overall, "ci", "min_equitability"))
+                finite(overall.get("min_equitability")),
+                _interval(get_path(overall, "ci", "min_equitability")),
             ),
             worst_profession=overall.get("worst_category"),
             male=finite(overall.get("male")),
@@ -184,8 +178,8 @@ def eval_numbers(results: dict[str, Any]) -> EvalNumbers:
             else {},
             sentiment_gap=Measure(finite(vader.get("positive_gap"))) if isinstance(vader, dict) else None,
             headline=entry.get("headline") if isinstance(entry.get("headline"), str) else None,
-            association=_measure(_get(entry, "elicitation", "association")),
-            global_shift=_measure(_get(entry, "elicitation", "global_shift")),
+            association=_measure(get_path(entry, "elicitation", "association")),
+            global_shift=_measure(get_path(entry, "elicitation", "global_shift")),
             crows_pairs=_measure(entry.get("crows_pairs"), "stereotype_share", minus=0.5),
             winobias_type1=_measure(entry.get("winobias"), "type1_pro_share", "type1_ci", minus=0.5),
             winobias_type2=_measure(entry.get("winobias"), "type2_pro_share", "type2_ci", minus=0.5),
