@@ -25,9 +25,7 @@ paper's setup at full scale on a GPU with Hub access instead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -41,81 +39,15 @@ from distill.train import parse_config, run  # noqa: E402
 from eval.generation import GenerationSettings, model_max_positions  # noqa: E402
 from eval.report import markdown_report, write_report  # noqa: E402
 from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa: E402
-from fairdistill.errors import UserError, check_text_file, read_json, run_cli  # noqa: E402
+from fairdistill.bold_text import TRAIN_DOMAINS, build_text, check_bold_folder  # noqa: E402
+from fairdistill.errors import check_text_file, run_cli  # noqa: E402
 from fairdistill.train import fairness_callback  # noqa: E402
 
-TRAIN_DOMAINS = ("race", "religious_ideology", "political_ideology")
 STUDENT_RECIPES = {"layers": "main-offline.yaml", "lora": "main-offline-lora.yaml"}
-EVAL_DOMAINS = ("profession", "gender")
 
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def build_text(bold: Path, out: Path, *, heldout_every: int = 10, heldout_chars: int = 20_000) -> dict:
-    """train.jsonl and heldout.txt from BOLD Wikipedia sentences, disjoint from the evaluation prompts:
-    pages that yield a profession or gender prompt are dropped, and so is any sentence that starts with
-    such a prompt (the same person can sit on two pages under different names)."""
-    check_bold_folder(bold)
-    eval_pages, prompts = set(), set()
-    for domain in EVAL_DOMAINS:
-        by_category = read_json(bold / "prompts" / f"{domain}_prompt.json", "BOLD file")
-        eval_pages |= {page for pages in by_category.values() for page in pages}
-        prompts |= {p.strip() for pages in by_category.values() for ps in pages.values() for p in ps}
-    lengths = {len(p.split()) for p in prompts}
-
-    def is_prompt(sentence: str) -> bool:
-        words = sentence.split()
-        return any(" ".join(words[:n]) in prompts for n in lengths)
-
-    train, heldout, dropped_pages, dropped_sentences = [], [], 0, 0
-    for domain in TRAIN_DOMAINS:
-        wiki = read_json(bold / "wikipedia" / f"{domain}_wiki.json", "BOLD file")
-        pages = sorted((page, lines) for by_page in wiki.values() for page, lines in by_page.items())
-        for index, (page, lines) in enumerate(pages):
-            if page in eval_pages:
-                dropped_pages += 1
-                continue
-            kept = [s.strip() for s in lines if s.strip() and not is_prompt(s.strip())]
-            dropped_sentences += sum(1 for s in lines if s.strip()) - len(kept)
-            (heldout if index % heldout_every == 0 else train).extend(kept)
-    if not train or not heldout:
-        raise UserError(
-            f"BOLD folder {bold}: no {'training' if not train else 'held-out'} sentences in the "
-            f"{', '.join(TRAIN_DOMAINS)} pages once the evaluation pages are removed; use a complete BOLD "
-            "checkout, or give --text and --perplexity-text"
-        )
-    random.Random(0).shuffle(train)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w", encoding="utf-8") as f:
-        for sentence in train:
-            f.write(json.dumps({"text": sentence}) + "\n")
-    text = "\n".join(heldout)[:heldout_chars]
-    (out / "heldout.txt").write_text(text, encoding="utf-8")
-    return {
-        "train_sentences": len(train),
-        "heldout_chars": len(text),
-        "pages_dropped": dropped_pages,
-        "sentences_dropped": dropped_sentences,
-    }
-
-
-def check_bold_folder(bold: Path, *, wikipedia: bool = True) -> None:
-    """A clear error for a BOLD folder that is missing or lacks the files the main job reads (the
-    prompts, and with ``wikipedia`` the training domains' pages)."""
-    if not bold.is_dir():
-        raise UserError(
-            f"BOLD folder {bold} not found; pass --bold DIR (the folder with prompts/ and wikipedia/) or set "
-            "FAIRDISTILL_BOLD_DIR"
-        )
-    needed = [f"prompts/{d}_prompt.json" for d in EVAL_DOMAINS]
-    needed += [f"wikipedia/{d}_wiki.json" for d in TRAIN_DOMAINS] if wikipedia else []
-    missing = [name for name in needed if not (bold / name).is_file()]
-    if missing:
-        raise UserError(
-            f"BOLD folder {bold} lacks {', '.join(missing)}; pass --bold with a complete BOLD checkout"
-        )
 
 
 def _positive_int(value: str) -> int:

@@ -1,9 +1,9 @@
 """The study: crossed seed x prompt bootstrap statistics (against plain loops and eval.disparity), the
-study recipe's validation, and the whole matrix end to end at tiny scale (resume included)."""
+study's statistics against eval.elicitation and its success rule, the study recipe's validation, and the
+whole matrix end to end at tiny scale (shared healing run, teacher cache, resume, --report-only)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,22 +15,23 @@ import numpy as np
 import pytest
 import yaml
 
-from distill.train import parse_config
+from distill.recipe import parse_config
 from eval import study_stats
 from eval.disparity import Scored, disparity_summary
+from eval.elicitation import elicitation_summary
+from eval.prompts import Prompt
 from fairdistill.errors import UserError
+from fairdistill.study import StudyError, load_spec
+from fairdistill.study.cli import main as study_main
+from fairdistill.study.runner import Study
+from fairdistill.study.stats import per_seed, summarise_study
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = "train_recipe: recipes/tiny.yaml\narms: {{plain_kd: {{}}, {}: {{}}}}\n"
 
-
-def load_study():
-    spec = importlib.util.spec_from_file_location("study", REPO / "recipes" / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = module  # dataclasses resolve their module's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+PLACEBO = REPO / "recipes" / "data" / "placebo_pairs.tsv"
+METHOD_KEYS = {"perturbation", "perturbation_scope", "cda", "lexicon", "swap_names", "alpha_kd", "alpha_clm"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,6 +172,63 @@ def test_bad_arguments_are_refused():
 
 
 # ----------------------------------------------------------------------------------------------------
+# the study's statistics over run records
+# ----------------------------------------------------------------------------------------------------
+
+
+def synthetic_record(rng, *, female_bias: float, ppl: float, samples: int = 6) -> dict:
+    """A run record with elicitation counts drawn at a female share of 0.5 +/- female_bias (female- vs
+    male-labelled occupations), and fixed other measures."""
+    elicitation = {}
+    for o, stereotype in (("nurse", "female"), ("clerk", "female"), ("driver", "male"), ("cook", "male")):
+        share = 0.5 + (female_bias if stereotype == "female" else -female_bias)
+        for t in range(3):
+            female = int(rng.binomial(samples, share))
+            elicitation[f"e/{o}/{t}"] = {"category": o, "stereotype": stereotype, "male": samples - female,
+                                         "female": female, "n": samples + 1}  # fmt: skip
+    bold = {f"b/{c}": {"category": c, "male": 2, "female": 1, "n": 3} for c in ("a", "b")}
+    perplexity = {"in_domain": {"perplexity": ppl}, "other_domain": {"perplexity": 2 * ppl}}
+    return {"elicitation": elicitation, "bold": bold, "pronoun_gap": {"mean_abs_gap": 0.5, "mean_gap": 0.1},
+            "winobias": {"pro_share": 0.6}, "crows_pairs": {"stereotype_share": 0.55},
+            "perplexity": perplexity}  # fmt: skip
+
+
+def test_per_seed_association_is_eval_elicitations_statistic_on_each_record():
+    rng = np.random.default_rng(0)
+    records = {seed: synthetic_record(rng, female_bias=0.2, ppl=30.0) for seed in (0, 1, 2)}
+    values = per_seed(records)
+    for k, record in records.items():
+        entries = list(record["elicitation"].values())
+        prompts = [Prompt(f"The {e['category']} said that", "elicitation", e["category"], e["stereotype"],
+                          "elicitation", i) for i, e in enumerate(entries)]  # fmt: skip
+        labels = [
+            ["male"] * e["male"] + ["female"] * e["female"] + ["neutral"] * (e["n"] - e["male"] - e["female"])
+            for e in entries
+        ]
+        summary = elicitation_summary(prompts, labels)
+        assert math.isclose(values["association"][k], summary["association"]["value"], abs_tol=1e-12)
+        assert math.isclose(values["global_shift"][k], summary["global_shift"]["value"], abs_tol=1e-12)
+    assert values["perplexity_in_domain"].tolist() == [30.0] * 3
+
+
+@pytest.mark.parametrize(("bias", "ppl", "met"), [(0.0, 30.0, True), (0.0, 33.0, False), (0.4, 30.0, False)])
+def test_the_success_rule_needs_lower_association_than_both_baselines_and_the_perplexity(bias, ppl, met):
+    """A planted association of +0.4 (teacher, plain KD) against `bias` (the arm): the rule holds only when
+    the arm is lower than both with Holm-adjusted p < 0.05 and its perplexity within 5% of plain KD's."""
+    rng = np.random.default_rng(1)
+    records = {
+        "teacher": {s: synthetic_record(rng, female_bias=0.4, ppl=25.0, samples=200) for s in range(4)},
+        "plain_kd": {s: synthetic_record(rng, female_bias=0.4, ppl=30.0, samples=200) for s in range(4)},
+        "max": {s: synthetic_record(rng, female_bias=bias, ppl=ppl, samples=200) for s in range(4)},
+    }
+    summary = summarise_study(records, "plain_kd", "association")
+    assert summary["success"]["max"]["met"] is met
+    assert summary["success"]["max"]["perplexity_within_5_percent"] is (ppl <= 31.5)
+    assert set(summary["vs_teacher"]) == {"plain_kd", "max"} and set(summary["vs_reference"]) == {"max"}
+    assert summary["vs_reference"]["max"]["association"]["p_holm"] is not None
+
+
+# ----------------------------------------------------------------------------------------------------
 # the study recipe and the command
 # ----------------------------------------------------------------------------------------------------
 
@@ -180,29 +238,23 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def test_committed_study_recipes_load_and_every_arm_is_a_valid_training_recipe(tmp_path):
-    study = load_study()
-    paths = sorted((REPO / "recipes").glob("study-*.yaml"))
-    assert {p.name for p in paths} >= {"study-cpu.yaml", "study-gpt2.yaml"}
-    for path in paths:
-        spec = study.load_spec(path)
-        assert spec.reference in spec.arms and len(spec.seeds) >= 3, path
-        assert {"plain_kd", "max", "mean", "expMean", "cda", "cda+best"} <= set(spec.arms), path
-        base = {**yaml.safe_load(Path(spec.train_recipe).read_text()), **spec.train}
-        methods = set()
-        for arm, overrides in spec.arms.items():
-            recipe = {**base, **overrides}
-            recipe["perturbation"] = (
-                "max" if recipe.get("perturbation") == "best" else recipe.get("perturbation")
-            )
-            config = parse_config(["--config", str(write(tmp_path / f"{arm}.yaml", yaml.safe_dump(recipe))),
-                                   "--bf16", "false", "--output_dir", str(tmp_path)])  # fmt: skip
-            methods.add((config.perturbation, config.cda))
-            # only the method differs between arms
-            assert {k: v for k, v in recipe.items() if k not in ("perturbation", "cda")} == {
-                k: v for k, v in base.items() if k not in ("perturbation", "cda")
-            }
-        assert len(methods) == len(spec.arms), path
+@pytest.mark.parametrize("name", ["study-cpu-v2.yaml", "study-gpt2.yaml", "study-gpu.yaml"])
+def test_committed_study_recipes_load_and_arms_differ_only_by_method(tmp_path, name):
+    spec = load_spec(REPO / "recipes" / name)
+    assert spec.reference == "plain_kd" and len(spec.seeds) >= 3 and spec.primary == "association"
+    assert {"plain_kd", "max", "cda", "cda_max", "placebo_max", "lm_only"} <= set(spec.arms)
+    assert spec.design.strip() and spec.success.strip()
+    study = Study(spec, tmp_path / "out", tmp_path / "work", "unused", [])
+    study.train_text = str(REPO / "recipes" / "data" / "sample_corpus.txt")  # prepare() would build it
+    recipes = {arm: study.arm_recipe(arm, seed=0) for arm in spec.arms}
+    shared = {k: v for k, v in recipes["plain_kd"].items() if k not in METHOD_KEYS and k != "output_dir"}
+    for arm, recipe in recipes.items():
+        assert {k: v for k, v in recipe.items() if k not in METHOD_KEYS and k != "output_dir"} == shared, arm
+        config = parse_config(["--config", str(write(tmp_path / f"{arm}.yaml", yaml.safe_dump(recipe))),
+                               "--bf16", "false", "--student_name_or_path", str(tmp_path)])  # fmt: skip
+        assert config.alpha_clm == (1.0 if arm == "lm_only" else 0.0)  # KD only, but the LM-only arm
+        assert config.student_init == "pretrained"  # every arm starts from the shared healed student
+    assert recipes["placebo_max"]["lexicon"].endswith("placebo_pairs.tsv")
 
 
 @pytest.mark.parametrize(
@@ -210,9 +262,14 @@ def test_committed_study_recipes_load_and_every_arm_is_a_valid_training_recipe(t
     [
         ("train_recipe: recipes/tiny.yaml\narms: {a: {}}\nreferense: a\n", "unknown keys"),
         ("arms: {plain_kd: {}}\n", "set train_recipe"),
-        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}, b: {perturbation: best}}\n", "select_best"),
         ("train_recipe: recipes/tiny.yaml\narms: {a: {}}\n", "reference: 'plain_kd' is not an arm"),
         ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {seed: 3}}\n", "the seed comes from seeds"),
+        (
+            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\nheal: {seed: 3}\n",
+            "the seed comes from seeds",
+        ),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}, heal: {}}\n", "reserved names"),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\nprimary: fairness\n", "is not a measure"),
         (
             "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {per_categry: 2}\n",
             "unknown eval keys",
@@ -231,37 +288,25 @@ def test_committed_study_recipes_load_and_every_arm_is_a_valid_training_recipe(t
             "train_recipe .*nope.yaml does not exist",
         ),
         (
-            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {num_samples: 0}\n",
-            r"eval: num_samples must be an integer >= 1, got 0",
-        ),
-        (
-            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {holdout_fraction: 1.5}\n",
-            r"holdout_fraction must be a number in \(0, 1\)",
+            "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {elicitation_samples: 0}\n",
+            r"eval: elicitation_samples must be an integer >= 1, got 0",
         ),
         ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}\n", r"line \d+: not valid YAML"),
     ],
 )
 def test_bad_study_recipes_name_the_fix(tmp_path, body, message):
-    study = load_study()
-    with pytest.raises(study.StudyError, match=message):
-        study.load_spec(write(tmp_path / "study.yaml", body))
+    with pytest.raises(StudyError, match=message):
+        load_spec(write(tmp_path / "study.yaml", body))
 
 
 def test_a_study_recipe_that_is_not_utf8_is_named_with_its_line(tmp_path):
-    study = load_study()
     path = tmp_path / "study.yaml"
     path.write_bytes(b"train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\n# caf\xe9\n")
     with pytest.raises(UserError, match=rf"study recipe {path}, line 3: not valid UTF-8"):
-        study.load_spec(path)
-    text = tmp_path / "train.txt"
-    text.write_bytes(b"")
-    data = f"data: {{text: {text}, perplexity_text: {text}}}\n"
-    path.write_text(f"train_recipe: recipes/tiny.yaml\narms: {{plain_kd: {{}}}}\n{data}")
-    with pytest.raises(UserError, match=rf"data: text {text} is empty"):
-        study.prepare_text(study.load_spec(path), "unused", tmp_path)
+        load_spec(path)
 
 
-def test_the_study_command_refuses_bad_input_in_one_line(tmp_path, monkeypatch):
+def test_the_study_command_refuses_bad_input_in_one_line(tmp_path):
     """Exit 2, the message and the hint, no traceback; the BOLD folder is checked before anything runs."""
     bad = write(tmp_path / "study.yaml", ARMS.format("../../../x"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
@@ -274,62 +319,68 @@ def test_the_study_command_refuses_bad_input_in_one_line(tmp_path, monkeypatch):
     assert lines[1:] == ["(set FAIRDISTILL_DEBUG=1 to see the traceback)"]
     assert not (tmp_path / "o").exists() and not (tmp_path.parent / "x").exists()
     good = write(tmp_path / "ok.yaml", "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\n")
-    study = load_study()
-    with pytest.raises(study.StudyError, match=r"BOLD folder /nonexistent/bold not found; pass --bold"):
-        study.main(["--config", str(good), "--bold", "/nonexistent/bold", "--out", str(tmp_path / "o")])
+    with pytest.raises(StudyError, match=r"BOLD folder /nonexistent/bold not found; pass --bold"):
+        study_main(["--config", str(good), "--bold", "/nonexistent/bold", "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+    with pytest.raises(StudyError, match=r"no run records under"):
+        study_main(["--config", str(good), "--report-only", "--out", str(tmp_path / "o")])
 
 
-def test_dev_and_test_prompts_come_from_different_pages(bold_dir):
-    study = load_study()
-    prompts = study.study_prompts(str(bold_dir), study.EvalSpec(per_category=5))
-    pages = {split: {(p.category, p.page) for p in prompts[split]} for split in ("dev", "test")}
-    assert pages["dev"] and pages["test"] and not {p for _, p in pages["dev"]} & {p for _, p in pages["test"]}
-    assert {p.category for p in prompts["test"]} == {p.category for p in prompts["dev"]}
-    assert {p.category for p in prompts["gender"]} == {"American_actors", "American_actresses"}
-
-
-def test_the_study_at_tiny_scale_runs_resumes_and_reports(tmp_path, bold_dir):
+def test_the_study_at_tiny_scale_heals_once_caches_the_teacher_resumes_and_rebuilds_its_report(
+    tmp_path, bold_dir
+):
     teacher = tmp_path / "teacher"
     tiny_gpt2(n_layer=2, seed=1).save_pretrained(teacher)
     gpt2_tokenizer().save_pretrained(teacher)
+    heldout = write(tmp_path / "heldout.txt", "The committee met on Tuesday and agreed on the budget. " * 12)
+    other = write(tmp_path / "other.txt", "A carpenter builds houses, tables and chairs from wood. " * 12)
     config = write(
         tmp_path / "study-tiny.yaml",
-        "train_recipe: recipes/tiny.yaml\n"
-        "train: {max_steps: 2, perturbation: null, cda: null, validation_split_percentage: 0}\n"
+        f"data: {{text: {REPO}/recipes/data/sample_corpus.txt, perplexity_text: {heldout},"
+        f" other_domain_text: {other}}}\n"
+        "design: a tiny run\nsuccess: none expected\ntrain_recipe: recipes/tiny.yaml\n"
+        "train: {max_steps: 2, perturbation: null, cda: null, validation_split_percentage: 0, alpha_clm: 0.0,"
+        " max_train_samples: 6}\n"
+        "heal: {student_init: layers, student_num_layers: 1, max_steps: 2}\n"
         "seeds: [0, 1]\n"
-        "arms: {plain_kd: {}, max: {perturbation: max}, mean: {perturbation: mean},"
-        " cda+best: {cda: two_sided, perturbation: best}}\n"
-        "select_best: {from: [max, mean]}\n"
-        "eval: {per_category: 1, gender_per_category: 1, num_samples: 2, max_new_tokens: 3,"
-        " perplexity_chars: 1500, n_bootstrap: 30}\n",
+        "arms: {plain_kd: {}, max: {perturbation: max}, cda_max: {cda: two_sided, perturbation: max},"
+        f" placebo_max: {{perturbation: max, lexicon: {PLACEBO}, swap_names: false}},"
+        " lm_only: {alpha_kd: 0.0, alpha_clm: 1.0}}\n"
+        "eval: {elicitation_samples: 1, elicitation_max_new_tokens: 3, bold_per_category: 1, bold_samples: 1,"
+        " bold_max_new_tokens: 3, likelihood_max_pairs: 3, perplexity_chars: 800}\n",
     )
-    out = tmp_path / "results"
-    argv = ["--config", str(config), "--out", str(out), "--bold", str(bold_dir),
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = ["--config", str(config), "--out", str(out), "--work", str(work), "--bold", str(bold_dir),
             "--", "--teacher_name_or_path", str(teacher), "--use_cpu", "true"]  # fmt: skip
-    report = load_study().main(argv)
+    report = study_main(argv)
 
-    arms = report["summary"]["arms"]
-    assert list(arms) == ["teacher", "plain_kd", "max", "mean", "cda+best"]
-    assert all(arms[a]["seeds"] == [0, 1] for a in arms)
-    assert report["best"] in ("max", "mean")  # chosen on the dev half
-    chosen = {s["perturbation"] for s in arms["cda+best"]["per_seed"]}
-    assert chosen == {report["best"]} and {s["cda"] for s in arms["cda+best"]["per_seed"]} == {"two_sided"}
-    assert {s["perturbation"] for s in arms["plain_kd"]["per_seed"]} == {None}
-    for arm in ("max", "mean", "cda+best", "teacher"):
-        assert set(report["summary"]["differences"][arm]) >= {"pronoun.mean_abs_gap", "perplexity"}
-    run = json.loads((out / "runs" / "max" / "seed1.json").read_text())
-    assert run["config"]["seed"] == 1 and run["config"]["max_steps"] == 2
-    assert {r["split"] for r in run["prompts"]} == {"dev", "test", "gender"}
+    summary = report["summary"]
+    assert list(summary["arms"]) == ["teacher", "plain_kd", "max", "cda_max", "placebo_max", "lm_only"]
+    assert all(summary["seeds"][a] == [0, 1] for a in summary["arms"])
+    heal = json.loads((out / "runs" / "heal.json").read_text())
+    assert heal["config"]["student_init"] == "layers" and heal["config"]["perturbation"] is None
+    runs = {(a, s): json.loads((out / "runs" / a / f"seed{s}.json").read_text())
+            for a in summary["arms"] if a != "teacher" for s in (0, 1)}  # fmt: skip
+    # one teacher pass per distinct (blocks, token swap): shared across seeds without CDA, per seed with it
+    caches = {key: r["teacher_cache"] for key, r in runs.items()}
+    assert caches[("plain_kd", 0)] == caches[("plain_kd", 1)] != caches[("max", 0)] == caches[("max", 1)]
+    assert caches[("placebo_max", 0)] not in (caches[("max", 0)], caches[("plain_kd", 0)])
+    assert caches[("cda_max", 0)] != caches[("cda_max", 1)] and caches[("lm_only", 0)] is None
+    assert runs[("placebo_max", 1)]["config"]["lexicon"].endswith("placebo_pairs.tsv")
+    assert (
+        runs[("max", 1)]["config"]["perturbation"] == "max" and runs[("max", 1)]["config"]["alpha_clm"] == 0
+    )
+    assert not (work / "checkpoints" / "max" / "seed1").exists()  # weights are not kept; the record is
+    assert report["timing"]["caches"] == 6 and report["timing"]["cached_runs"] == 8
     md = (out / "report.md").read_text()
-    assert "| cda+best (" in md and "Paired differences from plain_kd" in md and "held-out test half" in md
-    assert (out / "disparity_vs_perplexity.png").stat().st_size > 0
-    # per-seed values are consistent with the stored pronoun gaps
-    per_seed = {s["seed"]: s for s in arms["max"]["per_seed"]}
-    assert math.isclose(per_seed[1]["pronoun_mean_abs_gap"], float(np.mean(np.abs(run["pronoun_gaps"]))))
+    assert "a tiny run" in md and "**Success rule:** none expected" in md and "Paired differences from" in md
+    assert all((out / png).stat().st_size > 0 for png in ("primary.png", "occupations.png",
+                                                          "perplexity_vs_primary.png"))  # fmt: skip
 
-    # a second invocation finds every run done and trains nothing
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/seed*.json")}
-    again = load_study().main(argv)
+    # a second invocation finds every run done and trains nothing; --report-only needs only the records
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.json")}
+    again = study_main(argv)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert again["summary"]["arms"]["max"]["pronoun.mean_abs_gap"] == arms["max"]["pronoun.mean_abs_gap"]
+    rebuilt = study_main(["--config", str(config), "--out", str(out), "--work", str(tmp_path / "none"),
+                          "--bold", "/nonexistent", "--report-only"])  # fmt: skip
+    assert rebuilt["summary"] == again["summary"] == json.loads(json.dumps(summary))
