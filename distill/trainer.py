@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
-from counterfactuals import PairMap, build_pair_map, load_lexicon
+from counterfactuals import PairMap
 
 from .config import DistillationConfig
 from .guards import (
@@ -47,6 +47,7 @@ from .losses import causal_lm_loss, hidden_cosine_loss
 from .models import ensure_pad_token, resolve_dtype
 from .teacher_cache import TeacherCacheCollator
 from .teacher_targets import CachedTeacherTargets, LiveTeacherTargets, TeacherTargets
+from .token_swap import run_pair_map
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 logger = logging.get_logger(__name__)
@@ -55,15 +56,6 @@ logger = logging.get_logger(__name__)
 def output_vocab_size(model: torch.nn.Module) -> int:
     """Rows of the model's output embedding (the logits' last dimension)."""
     return model.get_output_embeddings().weight.shape[0]
-
-
-def run_pair_map(config: DistillationConfig, tokenizer, vocab_size: int) -> PairMap | None:
-    """The run's token swap: the one place a run builds it (the trainer, and the launcher for a teacher
-    cache). None without perturbation ("perturbation on" is ``config.perturbation is not None``)."""
-    if config.perturbation is None:
-        return None
-    lexicon = None if config.lexicon is None else load_lexicon(config.lexicon)
-    return build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab_size)
 
 
 def _is_datasets_object(value: Any) -> bool:
