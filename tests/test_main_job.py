@@ -72,7 +72,7 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
 
 
 def test_lora_student_is_an_option():
-    from distill.train import parse_config
+    from distill.recipe import parse_config
 
     args, overrides = load_main_job().parse_args(["--student", "lora", "--", "--max_steps", "3"])
     assert args.recipe.endswith("main-offline-lora.yaml") and overrides == ["--max_steps", "3"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from distill.train import parse_config
+from distill.recipe import parse_config
 from eval import study_stats
 from eval.disparity import Scored, disparity_summary
 from fairdistill.errors import UserError
