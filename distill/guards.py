@@ -25,6 +25,9 @@ from transformers import TrainerCallback
 
 REDACTED = "<redacted>"
 CHECKPOINT_PREFIX = "checkpoint-"
+# a checkpoint is written under <output_dir>/tmp-checkpoints/ and renamed into place once complete, so a
+# run killed mid-save leaves no half-written checkpoint-N (the trainer's _save_checkpoint)
+STAGING_DIR = "tmp-checkpoints"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # the files a checkpoint is complete with: Trainer writes trainer_state.json last, after the weights,
 # optimizer, scheduler and RNG state, so its presence (parsable) marks a checkpoint whose writing ended
@@ -148,7 +151,27 @@ def clear_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     for folder, _ in _numbered_checkpoints(Path(output_dir)):
         shutil.rmtree(folder)
         removed.append(folder.name)
+    staging = Path(output_dir) / STAGING_DIR
+    if staging.is_dir():  # what a save killed mid-way left
+        shutil.rmtree(staging)
+        removed.append(STAGING_DIR)
     return removed
+
+
+def commit_checkpoint(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the fully written checkpoint ``staged`` to ``final`` in one rename (atomic on one file
+    system): ``final`` is either absent or complete. A ``final`` already there (the same step saved again
+    after a resume) is replaced; the staging folder is removed once empty."""
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    try:
+        staged.parent.rmdir()
+    except OSError:  # not empty: another save's leftovers, cleared when that step is saved again
+        pass
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
