@@ -142,6 +142,31 @@ def check_output_dir(output_dir: str | os.PathLike, *, resume: bool, overwrite: 
         )
 
 
+def check_writable(output_dir: str | os.PathLike) -> None:
+    """Write (then remove) a probe file in ``output_dir``, or in its nearest existing parent when it does
+    not exist yet (nothing is left behind), so that a folder the run cannot write (under a regular file,
+    read-only, a full disk) fails before any model loads, in one line."""
+    import tempfile
+
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirError(
+            f"output_dir {path} cannot be created: {existing} is a file, not a folder; "
+            "pass another --output_dir"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".fairdistill-write-probe-"):
+            pass
+    except OSError as err:
+        raise OutputDirError(
+            f"output_dir {path} cannot be written ({err.strerror or err}): pass an --output_dir in a "
+            "folder you can write to"
+        ) from None
+
+
 def clear_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     """Remove the ``checkpoint-N`` folders of a run being overwritten (so that none of them is resumed
     into the new run by mistake); the other files are replaced as the new run writes them."""

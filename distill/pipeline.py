@@ -25,7 +25,7 @@ from counterfactuals import PairMap
 
 from .config import DistillationConfig
 from .data import PreparedData
-from .guards import check_output_dir, clear_checkpoints, resolve_resume
+from .guards import check_output_dir, check_writable, clear_checkpoints, resolve_resume
 from .layer_selection import calibration_ids_from_blocks, check_selection_target, measure_layer_selection
 from .models import load_causal_lm, load_tokenizer, resolve_model_path
 from .publish import publish
@@ -110,6 +110,7 @@ def claim_output_dir(config: DistillationConfig) -> None:
     run's checkpoints (the main process only) so none of them is resumed into the new run."""
     resume = config.resume_from_checkpoint not in (None, "", "false", "False")
     check_output_dir(config.output_dir, resume=resume, overwrite=config.overwrite_output_dir)
+    check_writable(config.output_dir)
     if config.overwrite_output_dir and not resume and config.process_index == 0:
         removed = clear_checkpoints(config.output_dir)
         if removed:
