@@ -87,26 +87,28 @@ def losses(trainer) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    "name, fields, counterfactual",
+    "name, fields, flags, counterfactual",
     [
-        ("max", {}, True),  # perturbation max: σ of the custom lexicon
-        ("cda_only", {"perturbation": None}, False),  # the CDA-augmented data, no pair map
+        ("max", {}, [], True),  # perturbation max: σ of the custom lexicon
+        ("cda_only", {"perturbation": None}, [], False),  # the CDA-augmented data, no pair map
+        # the counterfactual view stored for a recipe without perturbation: still the recipe's lexicon
+        ("cda_only_cf", {"perturbation": None}, ["--counterfactual"], True),
     ],
 )
 def test_a_cache_of_a_custom_lexicon_recipe_trains_as_the_live_teacher(
-    assets, gpt2_tok, tmp_path, name, fields, counterfactual
+    assets, gpt2_tok, tmp_path, name, fields, flags, counterfactual
 ):
     from distill.pipeline import run
 
     argv = recipe(assets, name, **fields)
     config = parse_config(argv)
     manifests = write_cache_of_recipe(
-        [*argv, "--out", str(tmp_path / "cache"), "--k", str(V), "--dtype", "float32"]
+        [*argv, *flags, "--out", str(tmp_path / "cache"), "--k", str(V), "--dtype", "float32"]
     )
     assert [m["rows"] for m in manifests] == [4, 2]
     assert all(m["counterfactual"] is counterfactual for m in manifests)
     if counterfactual:
-        custom = run_pair_map(config, gpt2_tok, V)
+        custom = run_pair_map(config, gpt2_tok, V, counterfactual=True)
         built_in = build_pair_map(gpt2_tok, names=config.swap_names, vocab_size=V)
         assert custom.vocab_size == V and pair_map_fingerprint(custom) != pair_map_fingerprint(built_in)
         assert all(m["pair_map_fingerprint"] == pair_map_fingerprint(custom) for m in manifests)
