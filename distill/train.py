@@ -2,9 +2,10 @@
 
     accelerate launch -m distill.train --config recipes/<name>.yaml [--key value ...]
 
-The command line around :func:`distill.pipeline.run` (the library path from recipe to checkpoint): parse
-the recipe (YAML, then command-line overrides) into a :class:`DistillationConfig`, redact secrets from the
-command line, refuse a non-empty output folder, run; user errors become one line and exit 2.
+The command line around :func:`distill.pipeline.run` (the library path from recipe to checkpoint, which
+also refuses a non-empty output folder): parse the recipe (YAML, then command-line overrides) into a
+:class:`DistillationConfig`, redact secrets from the command line, run; user errors become one line and
+exit 2.
 ``run``, ``parse_config`` and the other names once defined here are re-exported for older imports; new
 code imports them from ``distill.pipeline`` and ``distill.recipe``.
 """
