@@ -25,6 +25,9 @@ from transformers import TrainerCallback
 
 REDACTED = "<redacted>"
 CHECKPOINT_PREFIX = "checkpoint-"
+# a checkpoint is written under <output_dir>/tmp-checkpoints/ and renamed into place once complete, so a
+# run killed mid-save leaves no half-written checkpoint-N (the trainer's _save_checkpoint)
+STAGING_DIR = "tmp-checkpoints"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # the files a checkpoint is complete with: Trainer writes trainer_state.json last, after the weights,
 # optimizer, scheduler and RNG state, so its presence (parsable) marks a checkpoint whose writing ended
@@ -139,6 +142,31 @@ def check_output_dir(output_dir: str | os.PathLike, *, resume: bool, overwrite: 
         )
 
 
+def check_writable(output_dir: str | os.PathLike) -> None:
+    """Write (then remove) a probe file in ``output_dir``, or in its nearest existing parent when it does
+    not exist yet (nothing is left behind), so that a folder the run cannot write (under a regular file,
+    read-only, a full disk) fails before any model loads, in one line."""
+    import tempfile
+
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirError(
+            f"output_dir {path} cannot be created: {existing} is a file, not a folder; "
+            "pass another --output_dir"
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".fairdistill-write-probe-"):
+            pass
+    except OSError as err:
+        raise OutputDirError(
+            f"output_dir {path} cannot be written ({err.strerror or err}): pass an --output_dir in a "
+            "folder you can write to"
+        ) from None
+
+
 def clear_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     """Remove the ``checkpoint-N`` folders of a run being overwritten (so that none of them is resumed
     into the new run by mistake); the other files are replaced as the new run writes them."""
@@ -148,7 +176,27 @@ def clear_checkpoints(output_dir: str | os.PathLike) -> list[str]:
     for folder, _ in _numbered_checkpoints(Path(output_dir)):
         shutil.rmtree(folder)
         removed.append(folder.name)
+    staging = Path(output_dir) / STAGING_DIR
+    if staging.is_dir():  # what a save killed mid-way left
+        shutil.rmtree(staging)
+        removed.append(STAGING_DIR)
     return removed
+
+
+def commit_checkpoint(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the fully written checkpoint ``staged`` to ``final`` in one rename (atomic on one file
+    system): ``final`` is either absent or complete. A ``final`` already there (the same step saved again
+    after a resume) is replaced; the staging folder is removed once empty."""
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    try:
+        staged.parent.rmdir()
+    except OSError:  # not empty: another save's leftovers, cleared when that step is saved again
+        pass
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:

@@ -23,21 +23,25 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections import defaultdict
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from transformers.utils import logging
 
-from counterfactuals import PairMap, build_pair_map, load_lexicon
+from counterfactuals import PairMap
 
 from .config import DistillationConfig
 from .guards import (
+    STAGING_DIR,
     NonFiniteError,
     StallWatchdog,
+    commit_checkpoint,
     describe_positions,
     nonfinite_parameters,
     nonfinite_positions,
@@ -47,6 +51,7 @@ from .losses import causal_lm_loss, hidden_cosine_loss
 from .models import ensure_pad_token, resolve_dtype
 from .teacher_cache import TeacherCacheCollator
 from .teacher_targets import CachedTeacherTargets, LiveTeacherTargets, TeacherTargets
+from .token_swap import run_pair_map
 
 RESOLVED_CONFIG_NAME = "fairdistill_config.json"
 logger = logging.get_logger(__name__)
@@ -55,15 +60,6 @@ logger = logging.get_logger(__name__)
 def output_vocab_size(model: torch.nn.Module) -> int:
     """Rows of the model's output embedding (the logits' last dimension)."""
     return model.get_output_embeddings().weight.shape[0]
-
-
-def run_pair_map(config: DistillationConfig, tokenizer, vocab_size: int) -> PairMap | None:
-    """The run's token swap: the one place a run builds it (the trainer, and the launcher for a teacher
-    cache). None without perturbation ("perturbation on" is ``config.perturbation is not None``)."""
-    if config.perturbation is None:
-        return None
-    lexicon = None if config.lexicon is None else load_lexicon(config.lexicon)
-    return build_pair_map(tokenizer, names=config.swap_names, lexicon=lexicon, vocab_size=vocab_size)
 
 
 def _is_datasets_object(value: Any) -> bool:
@@ -341,6 +337,42 @@ class CounterfactualDistillationTrainer(Trainer):
             logs["tokens_per_second"] = tokens / max(now - self._last_log_time, 1e-9)
             self._tokens_since_log, self._last_log_time = 0, now
         super().log(logs, start_time)
+
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if getattr(self, "_staging_checkpoint", False) else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Atomic checkpoints: Trainer writes checkpoint-N under ``tmp-checkpoints/`` (it asks
+        ``_get_output_dir`` where), and the folder is renamed into place only once every rank has written
+        its files (weights, optimizer, scheduler, RNG states, trainer_state.json). A run killed mid-save
+        leaves the previous checkpoints as they were and no half-written checkpoint-N."""
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
+        if self.state.best_global_step:  # Trainer looks for the best checkpoint beside the staged one
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if os.path.isdir(best):
+                self.state.best_model_checkpoint = best
+        if self.args.should_save and os.path.isdir(staged):
+            shutil.rmtree(staged)  # left by a save of this step that was killed
+        self.accelerator.wait_for_everyone()
+        self._staging_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_checkpoint = False
+        self.accelerator.wait_for_everyone()  # every rank's files are in
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == staged:  # this step is the best: name its final place
+                self.state.best_model_checkpoint = final
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            commit_checkpoint(staged, final)
+            # Trainer rotated the staging folder; the limit applies to the run's checkpoints
+            rotate_checkpoints(
+                run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True
+            )
+        self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         folder = output_dir or self.args.output_dir

@@ -34,8 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from distill.pipeline import run  # noqa: E402
+from distill.recipe import parse_config  # noqa: E402
 from distill.student import count_parameters, merge_lora  # noqa: E402
-from distill.train import parse_config, run  # noqa: E402
 from eval.generation import GenerationSettings, model_max_positions  # noqa: E402
 from eval.report import markdown_report, write_report  # noqa: E402
 from eval.suite import EvalSettings, evaluate_model, write_samples_jsonl  # noqa: E402

@@ -11,7 +11,8 @@ import torch
 
 from distill.config import CDA_MODES, DTYPES, STUDENT_INITS, DistillationConfig
 from distill.losses import COMBINE_MODES, SCOPES
-from distill.train import parse_config, run
+from distill.pipeline import run
+from distill.recipe import parse_config
 from distill.trainer import CounterfactualDistillationTrainer
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 from tests.test_trainer import padded_dataset

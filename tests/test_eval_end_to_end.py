@@ -158,7 +158,7 @@ def test_callback_logs_fairness_during_training_to_wandb(tmp_path, model_dirs):
 import sys
 from dataclasses import replace
 sys.path.insert(0, {str(REPO)!r})
-from distill.train import parse_config
+from distill.recipe import parse_config
 from distill.data import prepare_lm_datasets
 from distill.models import load_causal_lm, load_tokenizer
 from distill.student import student_from_teacher_layers

@@ -262,7 +262,7 @@ def test_config_refuses_bad_selection_settings(tmp_path, overrides, match):
 
 
 def test_build_student_records_the_selection_in_the_resolved_config_and_the_student(tmp_path):
-    from distill.train import build_student
+    from distill.pipeline import build_student
 
     torch.manual_seed(0)
     teacher = _planted_teacher("llama")

@@ -72,7 +72,7 @@ def test_main_job_at_tiny_scale(tmp_path, bold_dir, capsys):
 
 
 def test_lora_student_is_an_option():
-    from distill.train import parse_config
+    from distill.recipe import parse_config
 
     args, overrides = load_main_job().parse_args(["--student", "lora", "--", "--max_steps", "3"])
     assert args.recipe.endswith("main-offline-lora.yaml") and overrides == ["--max_steps", "3"]
@@ -147,3 +147,21 @@ def test_main_job_command_exits_2_with_one_line_and_a_traceback_only_in_debug(tm
     ]
     debug = subprocess.run(command, env={**env, "FAIRDISTILL_DEBUG": "1"}, capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "UserError" in debug.stderr
+
+
+def test_a_rerun_into_a_finished_student_folder_is_refused_unless_overwriting(tmp_path):
+    """distill.pipeline.run refuses the non-empty student folder (issue 18): a re-run of the main job into
+    the same --out does not silently replace the finished student; `-- --overwrite_output_dir true` may."""
+    from distill.guards import OutputDirError
+
+    job = load_main_job()
+    student = tmp_path / "run" / "student"
+    student.mkdir(parents=True)
+    (student / "model.safetensors").write_bytes(b"the student of the first run")
+    argv = ["--bold", str(tiny_bold(tmp_path / "bold")), "--out", str(tmp_path / "run"),
+            "--", "--teacher_name_or_path", "/nonexistent/teacher", "--use_cpu", "true"]  # fmt: skip
+    with pytest.raises(OutputDirError, match=r"student is not empty .*--overwrite_output_dir true"):
+        job.main(argv)
+    assert (student / "model.safetensors").read_bytes() == b"the student of the first run"
+    with pytest.raises(OSError, match="nonexistent"):  # past the folder check: the teacher is next
+        job.main([*argv, "--overwrite_output_dir", "true"])

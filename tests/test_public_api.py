@@ -47,7 +47,8 @@ def test_subcommand_runs_the_owning_module():
 
 def test_distill_launcher_points_to_fairdistill_for_fairness_eval(tmp_path):
     """distill never imports eval: --fairness_eval needs the application layer's launcher (one line)."""
-    from distill.train import parse_config, run
+    from distill.pipeline import run
+    from distill.recipe import parse_config
 
     config = parse_config(
         ["--config", str(REPO / "recipes" / "tiny.yaml"), "--output_dir", str(tmp_path / "run"),

@@ -465,8 +465,9 @@ def test_cache_needs_its_columns_and_no_hidden_states(tmp_path, gpt2_tok, blocks
 def test_recipe_cache_command_and_training_run(tmp_path, gpt2_tok):
     """`python -m distill.teacher_cache` on the tiny recipe (CDA, perturbation max, an eval split), then
     `distill.train` with --teacher_cache: no teacher runs, and the losses are the live run's."""
+    from distill.pipeline import run
+    from distill.recipe import parse_config
     from distill.teacher_cache.__main__ import main as write_cache_of_recipe
-    from distill.train import parse_config, run
 
     teacher_dir = tmp_path / "teacher"
     tiny_gpt2(n_layer=2, seed=1, initializer_range=0.2, **NO_DROPOUT).save_pretrained(teacher_dir)

@@ -18,16 +18,9 @@ from .write import _vocab_size, write_teacher_cache
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``python -m distill.teacher_cache --config recipe.yaml --out DIR [--k 32] [--key value ...]``."""
-    from counterfactuals import build_pair_map
-
     from ..models import load_causal_lm, load_tokenizer, resolve_model_path
-
-    try:  # the recipe's library parts; the launcher (distill.train) only until they have moved (issue 15)
-        from ..recipe import parse_config, prepare_data
-    except ModuleNotFoundError as err:
-        if err.name != "distill.recipe":
-            raise
-        from ..train import parse_config, prepare_data
+    from ..recipe import parse_config, prepare_data
+    from ..token_swap import run_pair_map
 
     parser = argparse.ArgumentParser(
         prog="python -m distill.teacher_cache",
@@ -65,12 +58,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     device = torch.device("cuda" if torch.cuda.is_available() and not config.use_cpu else "cpu")
     teacher.to(device).eval().requires_grad_(False)
     data = prepare_data(config, tokenizer)
-    counterfactual = config.perturbation is not None if ours.counterfactual is None else ours.counterfactual
-    pair_map = (
-        build_pair_map(tokenizer, names=config.swap_names, vocab_size=_vocab_size(teacher))
-        if counterfactual
-        else None
-    )
+    # the run's own token swap (its lexicon and swap_names): the one the trainer checks the cache against
+    pair_map = run_pair_map(config, tokenizer, _vocab_size(teacher), counterfactual=ours.counterfactual)
     manifests = []
     for split, dataset in (("train", data.train), ("eval", data.eval)):
         if dataset is None:
