@@ -65,7 +65,11 @@ def main(census: str, bold: str | None = None) -> None:
             return len(tok.encode(" " + word, add_special_tokens=False)) == 1
 
         in_sigma = sum(n for w, n in counts.items() if w in partner and single(w) and single(partner[w]))
-        print(f"  {label}: in the token swap (' Name' <-> ' Pair' single tokens): {in_sigma / total:.1%}")
+        n_pairs = sum(single(p.male) and single(p.female) for p in pairs)
+        print(
+            f"  {label}: {n_pairs} of {len(pairs)} pairs in the token swap (' Name' <-> ' Pair' single "
+            f"tokens), covering {in_sigma / total:.1%}"
+        )
     top = [w for w, _ in counts.most_common() if w not in partner][:20]
     print("most frequent census names not covered:", " ".join(top))
     top = [f"{w}({n})" for w, n in counts.most_common() if w in common and w not in partner][:30]
