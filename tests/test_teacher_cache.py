@@ -376,6 +376,7 @@ def train_args(tmp_path, **overrides) -> DistillationConfig:
         "disable_tqdm": True,
         "alpha_clm": 0.3,
         "remove_unused_columns": False,  # the cache columns must reach compute_loss
+        "swap_names": False,  # as the module's pair_map fixture (the word lexicon only)
     }
     return DistillationConfig(**{**base, **overrides})
 
