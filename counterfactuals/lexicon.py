@@ -11,7 +11,7 @@ First names (``data/first_names.tsv``: 400 pairs from the US Census 1990 frequen
 i <-> female rank i, rule and exclusions in its header and ``scripts/make_first_names.py``) are a second
 list. The library's functions (:func:`default_lexicon`, ``swap_gender``, ``build_pair_map``,
 ``augment_dataset``) take ``names`` explicitly and default to False: a call swaps the gendered words
-unless asked. The entry points that feed training turn names on -- ``TrainConfig.swap_names`` (default
+unless asked. The entry points that feed training turn names on -- ``DistillationConfig.swap_names`` (default
 True) and ``fairdistill-cda`` (``--no-names`` turns them off) -- because a context gendered only by a
 name ("Mary said that") would otherwise read as neutral, and role reversal would erase its pronoun
 preference.
