@@ -68,7 +68,8 @@ class CounterfactualAugmenter:
     """A batched ``Dataset.map`` function that adds (two-sided) or substitutes (one-sided) gender
     counterfactuals of ``text_column``; see the module docstring for the output layout.
 
-    ``names=True`` also swaps the built-in first-name pairs; ``lexicon`` replaces the built-in pairs
+    ``names=True`` also swaps the built-in first-name pairs (off by default here, on in training and
+    ``fairdistill-cda``: see :mod:`counterfactuals.lexicon`); ``lexicon`` replaces the built-in pairs
     entirely (then ``names`` is ignored). The swapper is compiled once here and once per worker.
     """
 

@@ -13,6 +13,9 @@ Subcommands:
     Moved to ``python -m fairdistill.demo`` (it reads BOLD and builds a tokenizer: application work);
     here it prints where, with exit status 2.
 
+First names (``counterfactuals/data/first_names.tsv``) are swapped too unless ``--no-names``, as in
+fairdistill training (``swap_names``, default on); ``--lexicon FILE`` replaces both lists.
+
 Every user error (missing or empty file, bad encoding, missing column, ...) is one message on
 stderr naming the fix, and exit status 2 — never a traceback. ``swap`` and ``augment`` import neither
 torch nor transformers (importing torch took most of ``swap``'s start-up); ``pairs`` loads them when it
@@ -313,9 +316,9 @@ def write_rows(dataset: Any, output: Path, *, text_column: str) -> WriteStats:
     return stats
 
 
-def _read_lexicon(path: str | None, names: bool) -> Lexicon:
+def _read_lexicon(path: str | None, names: bool | None) -> Lexicon:
     if path is None:
-        return default_lexicon(names)
+        return default_lexicon(names is not False)  # names on unless --no-names
     if names:
         print(
             "note: --names is ignored with --lexicon (the file replaces the built-in pairs)", file=sys.stderr
@@ -466,7 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def lexicon_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--names", action="store_true", help="also swap the built-in first-name pairs")
+        p.add_argument(
+            "--names",
+            action=argparse.BooleanOptionalAction,
+            default=None,  # None = on; kept apart from an explicit --names for the --lexicon note
+            help="also swap the built-in first-name pairs (default: on, as fairdistill training's "
+            "swap_names; --no-names: the gendered words only)",
+        )
         p.add_argument(
             "--lexicon",
             metavar="FILE",

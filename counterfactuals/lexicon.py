@@ -7,6 +7,15 @@ an error naming both lines. Many-to-one cases are written as one-way pairs (``hi
 (``her -> his``). The two English pronouns whose swap depends on grammar (``her`` -> his/him,
 ``his`` -> her/hers) get their second, context-dependent target from :data:`CONTEXT_ALTERNATES`.
 
+First names (``data/first_names.tsv``: 400 pairs from the US Census 1990 frequency lists, male rank
+i <-> female rank i, rule and exclusions in its header and ``scripts/make_first_names.py``) are a second
+list. The library's functions (:func:`default_lexicon`, ``swap_gender``, ``build_pair_map``,
+``augment_dataset``) take ``names`` explicitly and default to False: a call swaps the gendered words
+unless asked. The entry points that feed training turn names on -- ``DistillationConfig.swap_names`` (default
+True) and ``fairdistill-cda`` (``--no-names`` turns them off) -- because a context gendered only by a
+name ("Mary said that") would otherwise read as neutral, and role reversal would erase its pronoun
+preference.
+
 Files: TSV (``male<TAB>female[<TAB>direction]``, ``#`` comments) or JSON (a list of
 ``[male, female]`` / ``[male, female, direction]`` / ``{"male": .., "female": .., "direction": ..}``,
 or an object ``{male: female}``). Errors name the file and line.
@@ -258,6 +267,7 @@ def _json_items(text: str, path: Path) -> Iterator[tuple[int, Any]]:
 
 @cache
 def default_lexicon(names: bool = False) -> Lexicon:
-    """fairdistill's own pair list; with ``names=True`` plus the first-name pairs."""
+    """fairdistill's own pair list; with ``names=True`` plus the first-name pairs (off by default in
+    the library; training and ``fairdistill-cda`` turn them on: see the module docstring)."""
     lexicon = load_lexicon(DEFAULT_PAIRS_FILE)
     return lexicon + load_lexicon(FIRST_NAMES_FILE) if names else lexicon

@@ -222,8 +222,9 @@ def build_pair_map(
     vocab_size: int | None = None,
 ) -> PairMap:
     """Build σ for ``tokenizer`` from the lexicon (the built-in one, plus first names when
-    ``names=True``). ``vocab_size`` extends the map to a model whose embedding is larger than the
-    tokenizer (padded vocabularies); extra ids map to themselves."""
+    ``names=True``; off by default here, on in training: see :mod:`counterfactuals.lexicon`).
+    ``vocab_size`` extends the map to a model whose embedding is larger than the tokenizer (padded
+    vocabularies); extra ids map to themselves."""
     lexicon = lexicon if lexicon is not None else default_lexicon(names)
     tokenizer_size = _vocabulary_size(tokenizer)
     size = tokenizer_size if vocab_size is None else int(vocab_size)

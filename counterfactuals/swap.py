@@ -175,7 +175,8 @@ def _default_swapper(names: bool) -> TextSwapper:
 def swap_gender(text: str, *, names: bool = False, lexicon: Lexicon | None = None) -> str:
     """Return ``text`` with every gendered word swapped for its counterpart.
 
-    ``names=True`` also swaps the built-in first-name pairs; ``lexicon`` replaces the built-in pairs
+    ``names=True`` also swaps the built-in first-name pairs (off by default here, on in training and
+    ``fairdistill-cda``: see :mod:`counterfactuals.lexicon`); ``lexicon`` replaces the built-in pairs
     entirely (then ``names`` is ignored). For many calls with a custom lexicon build a
     :class:`TextSwapper` once.
     """

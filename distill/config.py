@@ -202,7 +202,14 @@ class DistillationConfig(TrainingArguments):
         },
     )
     swap_names: bool = field(
-        default=False, metadata={"help": "Also swap first names (CDA text and the token pair map)."}
+        default=True,
+        metadata={
+            "help": "Also swap first names (counterfactuals/data/first_names.tsv, 400 pairs) in the CDA text "
+            "and the perturbation's token pair map, as name-swapping CDA does. On by default: without it "
+            "a context gendered only by a name ('Mary said that') reads as neutral, and role reversal "
+            "would force P(he) = P(she) after it; with it the pronoun preference is kept. "
+            "false = the gendered words only."
+        },
     )
     # --- loss ----------------------------------------------------------------------------------------
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of teacher and student."})

@@ -189,10 +189,12 @@ def _describe_perturbation(config: dict[str, Any]) -> str:
         return "none: the student learns the teacher's plain softened distribution (standard distillation)"
     scope = config.get("perturbation_scope", "all")
     over = "the whole vocabulary" if scope == "all" else "the gendered tokens only"
+    names = ", first names included" if config.get("swap_names") else ""
     return (
         f"`{mode}` (scope `{scope}`): the teacher also reads the gender-swapped copy of every training "
-        f"sequence; its counterfactual next-token distribution is mapped back through the gendered-token "
-        f"swap and combined with the original by `{mode}` over {over} (counterfactual role reversal)"
+        f"sequence{names}; its counterfactual next-token distribution is mapped back through the "
+        f"gendered-token swap and combined with the original by `{mode}` over {over} (counterfactual role "
+        "reversal)"
     )
 
 

@@ -50,8 +50,8 @@ def test_swap_argv(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_swap_names_and_lexicon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["swap", "--names", "John met Mary."]) == 0
-    assert capsys.readouterr().out == "Mary met John.\n"
+    assert main(["swap", "--names", "James met Mary."]) == 0
+    assert capsys.readouterr().out == "Mary met James.\n"
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("wizard\twitch\n", encoding="utf-8")
     assert main(["swap", "--lexicon", str(pairs), "The wizard and he."]) == 0

@@ -282,6 +282,7 @@ def config_for(**overrides) -> DistillationConfig:
         "use_cpu": True,
         "temperature": 2.0,
         "kd_chunk_size": 16,
+        "swap_names": False,  # as the module's pair_map fixture (the word lexicon only)
     }
     return DistillationConfig(**{**base, **overrides})
 

@@ -39,11 +39,11 @@ def test_two_way_pairs_are_involutions_and_genders_are_consistent():
 
 
 def test_names_are_optional_and_capitalised_only():
-    assert "john" not in default_lexicon().swaps
+    assert "james" not in default_lexicon().swaps
     named = default_lexicon(names=True)
-    assert named.swaps["john"] == "Mary" and "john" in named.capitalized_only
-    assert swap_gender("John met Mary.") == "John met Mary."
-    assert swap_gender("John met Mary.", names=True) == "Mary met John."
+    assert named.swaps["james"] == "Mary" and "james" in named.capitalized_only
+    assert swap_gender("James met Mary.") == "James met Mary."
+    assert swap_gender("James met Mary.", names=True) == "Mary met James."
 
 
 def test_tsv_and_json_pair_files(tmp_path):

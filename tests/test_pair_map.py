@@ -122,10 +122,10 @@ def test_smollm2_tokenizer(smollm2_tok):
 
 
 def test_names_enter_sigma_only_when_asked(gpt2_tok, gpt2_map):
-    john, mary = one_token(gpt2_tok, " John"), one_token(gpt2_tok, " Mary")
-    assert gpt2_map.sigma[john] == john
+    james, mary = one_token(gpt2_tok, " James"), one_token(gpt2_tok, " Mary")
+    assert gpt2_map.sigma[james] == james
     named = build_pair_map(gpt2_tok, names=True)
-    assert named.sigma[john] == mary and named.sigma[mary] == john
+    assert named.sigma[james] == mary and named.sigma[mary] == james
 
 
 # --- map_back: moving a distribution back through σ -------------------------------------------------
