@@ -371,7 +371,7 @@ def test_the_study_at_tiny_scale_heals_once_caches_the_teacher_resumes_and_rebui
         runs[("max", 1)]["config"]["perturbation"] == "max" and runs[("max", 1)]["config"]["alpha_clm"] == 0
     )
     assert not (work / "checkpoints" / "max" / "seed1").exists()  # weights are not kept; the record is
-    assert report["timing"]["caches"] == 6 and report["timing"]["cached_runs"] == 8
+    assert report["timing"]["caches"] == 5 and report["timing"]["cached_runs"] == 8
     md = (out / "report.md").read_text()
     assert "a tiny run" in md and "**Success rule:** none expected" in md and "Paired differences from" in md
     assert all((out / png).stat().st_size > 0 for png in ("primary.png", "occupations.png",
@@ -383,4 +383,5 @@ def test_the_study_at_tiny_scale_heals_once_caches_the_teacher_resumes_and_rebui
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rebuilt = study_main(["--config", str(config), "--out", str(out), "--work", str(tmp_path / "none"),
                           "--bold", "/nonexistent", "--report-only"])  # fmt: skip
-    assert rebuilt["summary"] == again["summary"] == json.loads(json.dumps(summary))
+    as_text = [json.dumps(r["summary"], sort_keys=True) for r in (report, again, rebuilt)]  # NaN != NaN
+    assert as_text[0] == as_text[1] == as_text[2]

@@ -160,8 +160,8 @@ class Study:
 
     def _train(self, recipe: dict, name: str) -> tuple[Any, dict, float]:
         """Train one recipe (written to the work folder, then parsed as the launcher would)."""
+        from distill.pipeline import run
         from distill.recipe import parse_config
-        from distill.train import run
 
         path = self.work / "recipes" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
