@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": ("fairdistill.demo", "main", "the counterfactual demo on BOLD sentences"),
     "cache": ("distill.teacher_cache.__main__", "cli", "write an offline teacher cache for a recipe"),
     "publish": ("fairdistill.publish_cli", "main", "write the student with its model card; push to the Hub"),
+    "study": ("fairdistill.study.cli", "cli", "run a study recipe's arms and seeds; write its report"),
 }
 
 

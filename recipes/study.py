@@ -1,4 +1,5 @@
-"""The study's entry point: ``python recipes/study.py --config recipes/study-cpu-v2.yaml [--report-only]``.
+"""The study's entry point: ``python recipes/study.py --config recipes/study-cpu-v2.yaml [--report-only]``
+(the same as ``fairdistill study ...``).
 
 The study lives in :mod:`fairdistill.study` (spec, runner, measures, statistics, report); ``--help`` lists
 the options.
@@ -9,8 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fairdistill.errors import run_cli  # noqa: E402
-from fairdistill.study.cli import main  # noqa: E402
+from fairdistill.study.cli import cli  # noqa: E402
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import run_cli
 from .report import markdown, write_report
 from .runner import HEAL, Study, display_path, say
 from .spec import REPO, TEACHER, StudyError, load_spec
@@ -20,7 +21,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(
-        prog="python recipes/study.py",
         description="Run a study recipe's arms and seeds and write its report. Options after -- go to every "
         "training run (e.g. -- --use_cpu true).",
     )
@@ -75,3 +75,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     say(f"report: {out / 'report.md'}")
     print(markdown(report).split("\n## The shared starting point")[0], flush=True)
     return report
+
+
+def cli() -> None:
+    """``fairdistill study``: a bad recipe or folder is one line and exit 2."""
+    run_cli(main)
