@@ -269,6 +269,7 @@ def test_committed_study_recipes_load_and_arms_differ_only_by_method(tmp_path, n
             "the seed comes from seeds",
         ),
         ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}, heal: {}}\n", "reserved names"),
+        ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}, start: {}}\n", "reserved names"),
         ("train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\nprimary: fairness\n", "is not a measure"),
         (
             "train_recipe: recipes/tiny.yaml\narms: {plain_kd: {}}\neval: {per_categry: 2}\n",
@@ -355,7 +356,9 @@ def test_the_study_at_tiny_scale_heals_once_caches_the_teacher_resumes_and_rebui
     report = study_main(argv)
 
     summary = report["summary"]
-    assert list(summary["arms"]) == ["teacher", "plain_kd", "max", "cda_max", "placebo_max", "lm_only"]
+    arms = ["teacher", "start", "plain_kd", "max", "cda_max", "placebo_max", "lm_only"]
+    assert list(summary["arms"]) == arms
+    assert "start" not in summary["vs_reference"] and "start" not in summary["success"]  # a row, not an arm
     assert all(summary["seeds"][a] == [0, 1] for a in summary["arms"])
     heal = json.loads((out / "runs" / "heal.json").read_text())
     assert heal["config"]["student_init"] == "layers" and heal["config"]["perturbation"] is None

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import run_cli
 from .report import markdown, write_report
 from .runner import HEAL, Study, display_path, say
-from .spec import REPO, TEACHER, StudyError, load_spec
+from .spec import REPO, START, TEACHER, StudyError, load_spec
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         study.run_all(arms, seeds)
         study.log_invocation(command, time.perf_counter() - started, arms, seeds)
     saved = study.load_records()
-    records = {a: saved[a] for a in (TEACHER, *spec.arms) if saved.get(a)}  # the recipe's order
+    records = {a: saved[a] for a in (TEACHER, START, *spec.arms) if saved.get(a)}  # the recipe's order
     if not records:
         raise StudyError(f"no run records under {out / 'runs'}; run the study first (without --report-only)")
     heal_path = out / "runs" / f"{HEAL}.json"

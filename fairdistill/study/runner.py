@@ -29,7 +29,7 @@ import yaml
 
 from ..errors import read_text
 from .measure import measure
-from .spec import REPO, TEACHER, StudyError, StudySpec
+from .spec import REPO, START, TEACHER, StudyError, StudySpec
 
 HEAL = "heal"
 HEAL_SEED = 1000  # the healing run's seed: not one of the arms' seeds
@@ -297,36 +297,43 @@ class Study:
         write_atomic(self.run_path(arm, seed), record)
         return record
 
-    def teacher(self, seed: int) -> dict:
+    def _measure_saved(self, name: str, model_id: str, key_payload: dict, seed: int) -> dict:
+        """Measure a model that is not trained here (the teacher, the shared starting point)."""
         from distill.models import load_causal_lm, load_tokenizer, resolve_model_path
 
+        key = fingerprint({**key_payload, "eval": self.eval_key})
+        if (record := self._done(self.run_path(name, seed), key)) is not None:
+            return record
+        shown = display_path(Path(model_id)) if Path(model_id).exists() else model_id
+        say(f"{name} ({shown}), sampling seed {seed}: measuring")
+        path = resolve_model_path(model_id)
+        model, tokenizer = load_causal_lm(path, dtype="float32"), load_tokenizer(path)
+        scores = measure(model, tokenizer, self.spec.eval, bold=self.bold, texts=self.texts, seed=seed)
+        record = {"arm": name, "seed": seed, "fingerprint": key, "model": model_id, "train_seconds": 0.0,
+                  "cache_seconds": 0.0, **scores}  # fmt: skip
+        write_atomic(self.run_path(name, seed), record)
+        return record
+
+    def teacher(self, seed: int) -> dict:
         teacher_id = self.base["teacher_name_or_path"]
         if "--teacher_name_or_path" in self.passthrough[:-1]:  # a pass-through teacher replaces the recipe's
             teacher_id = self.passthrough[self.passthrough.index("--teacher_name_or_path") + 1]
-        key = fingerprint({"teacher": teacher_id, "eval": self.eval_key})
-        if (record := self._done(self.run_path(TEACHER, seed), key)) is not None:
-            return record
-        say(f"teacher ({teacher_id}), sampling seed {seed}: measuring")
-        path = resolve_model_path(teacher_id)
-        model, tokenizer = load_causal_lm(path, dtype="float32"), load_tokenizer(path)
-        scores = measure(model, tokenizer, self.spec.eval, bold=self.bold, texts=self.texts, seed=seed)
-        record = {
-            "arm": TEACHER,
-            "seed": seed,
-            "fingerprint": key,
-            "teacher": teacher_id,
-            "train_seconds": 0.0,
-            "cache_seconds": 0.0,
-            **scores,
-        }
-        write_atomic(self.run_path(TEACHER, seed), record)
-        return record
+        return self._measure_saved(TEACHER, teacher_id, {"teacher": teacher_id}, seed)
+
+    def start(self, seed: int) -> dict | None:
+        """The healed student before any arm's own steps: what every arm moves away from."""
+        if self.heal_record is None:
+            return None
+        return self._measure_saved(
+            START, str(self.work / HEAL), {"start": self.heal_record["fingerprint"]}, seed
+        )
 
     def run_all(self, arms: Sequence[str], seeds: Sequence[int]) -> None:
         self.prepare()
         self.heal_record = self.heal()
         for seed in seeds:
             self.teacher(seed)
+            self.start(seed)
         for seed in seeds:  # seed-major: a complete picture of one seed comes first
             for arm in arms:
                 self.student(arm, seed)

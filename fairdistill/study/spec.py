@@ -16,6 +16,7 @@ from ..errors import UserError, check_path_name, read_text
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = "teacher"
+START = "start"  # the shared healed student, measured before any arm trains
 KEYS = {"design", "train_recipe", "train", "heal", "seeds", "arms", "reference", "primary", "success",
         "data", "eval", "teacher_cache"}  # fmt: skip
 # the measures a study can name as primary: arm-level statistics of eval/study_stats and friends
@@ -113,8 +114,8 @@ def load_spec(path: str | Path) -> StudySpec:
         raise _fail(path, f"train_recipe {spec.train_recipe} does not exist")
     if not spec.arms:
         raise _fail(path, "no arms; list them under arms: (name: training-recipe overrides)")
-    if TEACHER in spec.arms or "heal" in spec.arms:
-        raise _fail(path, f"'{TEACHER}' and 'heal' are reserved names; rename that arm")
+    if {TEACHER, START, "heal"} & set(spec.arms):
+        raise _fail(path, f"'{TEACHER}', '{START}' and 'heal' are reserved names; rename that arm")
     for name, overrides in spec.arms.items():  # arm names become folders: runs/<arm>/
         check_path_name(name, f"study recipe {path}: arm name", StudyError)
         if not isinstance(overrides, dict):

@@ -16,7 +16,7 @@ import numpy as np
 from eval.intervals import holm, paired_seed_summary, seed_summary
 from eval.study_stats import disparity_statistics, elicitation_statistics, per_seed_replicates
 
-from .spec import TEACHER
+from .spec import START, TEACHER
 
 # measure -> (label, lower is fairer / better?) for the tables
 MEASURE_LABELS = {
@@ -130,7 +130,7 @@ def summarise_study(records: dict[str, dict[int, dict]], reference: str, primary
     values = {a: per_seed(records[a]) for a in arms}
     seeds = {a: sorted(records[a]) for a in arms}
     summary = {a: {m: seed_summary(v) for m, v in values[a].items()} for a in arms}
-    students = [a for a in arms if a != TEACHER]
+    students = [a for a in arms if a not in (TEACHER, START)]  # START: a row, not a compared arm
     vs_reference = (
         _compare(values, seeds, reference, [a for a in students if a != reference])
         if reference in arms
