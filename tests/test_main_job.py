@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fairdistill.errors import UserError
 from tests.assets import gpt2_tokenizer, tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,23 +109,23 @@ def test_bad_bold_folders_are_named_with_the_fix(tmp_path):
     good = race.read_bytes()
     lines = good.split(b"\n")
     race.write_bytes(b"\n".join([*lines[:2], lines[2] + b"\xff", *lines[3:]]))
-    with pytest.raises(job.UserError, match=rf"BOLD file {race}, line 3: not valid UTF-8 .*save it as UTF-8"):
+    with pytest.raises(UserError, match=rf"BOLD file {race}, line 3: not valid UTF-8 .*save it as UTF-8"):
         job.build_text(bold, tmp_path / "a")
     race.write_bytes(good[:-5])
-    with pytest.raises(job.UserError, match=rf"BOLD file {race}, line \d+, column \d+: not valid JSON"):
+    with pytest.raises(UserError, match=rf"BOLD file {race}, line \d+, column \d+: not valid JSON"):
         job.build_text(bold, tmp_path / "b")
     for domain in ("race", "religious_ideology", "political_ideology"):  # no training pages left
         (bold / "wikipedia" / f"{domain}_wiki.json").write_text("{}")
-    with pytest.raises(job.UserError, match=r"no training sentences .*give --text and --perplexity-text"):
+    with pytest.raises(UserError, match=r"no training sentences .*give --text and --perplexity-text"):
         job.build_text(bold, tmp_path / "c")
     race.unlink()
-    with pytest.raises(job.UserError, match=r"lacks wikipedia/race_wiki.json; pass --bold with a complete"):
+    with pytest.raises(UserError, match=r"lacks wikipedia/race_wiki.json; pass --bold with a complete"):
         job.build_text(bold, tmp_path / "d")
-    with pytest.raises(job.UserError, match=r"BOLD folder .*nowhere not found; pass --bold DIR"):
+    with pytest.raises(UserError, match=r"BOLD folder .*nowhere not found; pass --bold DIR"):
         job.main(["--bold", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    with pytest.raises(job.UserError, match=rf"--text {empty} is empty"):
+    with pytest.raises(UserError, match=rf"--text {empty} is empty"):
         job.main(
             ["--bold", str(tiny_bold(tmp_path / "b2")), "--text", str(empty), "--out", str(tmp_path / "f")]
         )
