@@ -221,9 +221,10 @@ def test_the_success_rule_needs_lower_association_than_both_baselines_and_the_pe
         "plain_kd": {s: synthetic_record(rng, female_bias=0.4, ppl=30.0, samples=200) for s in range(4)},
         "max": {s: synthetic_record(rng, female_bias=bias, ppl=ppl, samples=200) for s in range(4)},
     }
-    summary = summarise_study(records, "plain_kd", "association")
-    assert summary["success"]["max"]["met"] is met
+    summary = json.loads(json.dumps(summarise_study(records, "plain_kd", "association"), default=str))
+    assert summary["success"]["max"]["met"] is met  # JSON booleans, as results.json holds them
     assert summary["success"]["max"]["perplexity_within_5_percent"] is (ppl <= 31.5)
+    assert all(isinstance(v, bool) for v in summary["success"]["max"].values())
     assert set(summary["vs_teacher"]) == {"plain_kd", "max"} and set(summary["vs_reference"]) == {"max"}
     assert summary["vs_reference"]["max"]["association"]["p_holm"] is not None
 

@@ -144,13 +144,16 @@ def summarise_study(records: dict[str, dict[int, dict]], reference: str, primary
         below_ref, below_teacher = vs_reference[arm][primary], vs_teacher[arm][primary]
         ppl = vs_reference[arm]["perplexity_ratio"]
 
-        def lower(entry: dict) -> bool:
-            return entry["value"] is not None and entry["value"] < 0 and (entry.get("p_holm") or 1.0) < ALPHA
+        def lower(entry: dict) -> bool:  # plain bools: numpy's would reach the JSON as strings
+            p_holm = entry.get("p_holm")
+            return bool(
+                entry["value"] is not None and entry["value"] < 0 and p_holm is not None and p_holm < ALPHA
+            )
 
         success[arm] = {
             "lower_than_reference": lower(below_ref),
             "lower_than_teacher": lower(below_teacher),
-            "perplexity_within_5_percent": ppl["value"] is not None and ppl["value"] <= PPL_TOLERANCE,
+            "perplexity_within_5_percent": bool(ppl["value"] is not None and ppl["value"] <= PPL_TOLERANCE),
         }
         success[arm]["met"] = all(success[arm].values())
     return {
