@@ -52,6 +52,10 @@ def cell(entry: dict | None, digits: int = 3, signed: bool = False) -> str:
     return text
 
 
+def _md(label: str) -> str:
+    return label.replace("|", "\\|")  # a bare | would split a Markdown table cell
+
+
 def _digits(measure: str) -> int:
     return 2 if measure.startswith("perplexity") else 3
 
@@ -104,7 +108,7 @@ def markdown(report: dict) -> str:
         "",
         "Means over seeds with Student-t 95% intervals over seeds.",
         "",
-        "| arm | seeds | " + " | ".join(MEASURE_LABELS[m] for m in TABLE) + " |",
+        "| arm | seeds | " + " | ".join(_md(MEASURE_LABELS[m]) for m in TABLE) + " |",
         "|---|---:|" + "---:|" * len(TABLE),
     ]
     for arm in arms:
@@ -123,7 +127,7 @@ def markdown(report: dict) -> str:
             "",
             "An interval that excludes 0 is a difference this study can detect.",
             "",
-            "| arm | " + " | ".join(MEASURE_LABELS[m] for m in TABLE) + " | perplexity ratio |",
+            "| arm | " + " | ".join(_md(MEASURE_LABELS[m]) for m in TABLE) + " | perplexity ratio |",
             "|---|" + "---:|" * (len(TABLE) + 1),
         ]
         for arm, diff in s[key].items():

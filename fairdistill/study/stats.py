@@ -115,7 +115,8 @@ def _compare(
             m: paired_seed_summary(values[arm][m][mine], values[baseline][m][theirs]) for m in values[arm]
         }
         ref_ppl = values[baseline]["perplexity_in_domain"][theirs]
-        out[arm]["perplexity_ratio"] = seed_summary(values[arm]["perplexity_in_domain"][mine] / ref_ppl)
+        ratio = seed_summary(values[arm]["perplexity_in_domain"][mine] / ref_ppl)
+        out[arm]["perplexity_ratio"] = {**ratio, "p_value": None}  # a ratio's test against 0 means nothing
     for measure in {m for entry in out.values() for m in entry}:
         adjusted = holm({arm: e[measure].get("p_value") for arm, e in out.items()})
         for arm, p in adjusted.items():
