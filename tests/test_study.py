@@ -364,7 +364,7 @@ def test_the_study_at_tiny_scale_heals_once_caches_the_teacher_resumes_and_rebui
     heal = json.loads((out / "runs" / "heal.json").read_text())
     assert heal["config"]["student_init"] == "layers" and heal["config"]["perturbation"] is None
     runs = {(a, s): json.loads((out / "runs" / a / f"seed{s}.json").read_text())
-            for a in summary["arms"] if a != "teacher" for s in (0, 1)}  # fmt: skip
+            for a in summary["arms"] if a not in ("teacher", "start") for s in (0, 1)}  # fmt: skip
     # one teacher pass per distinct (blocks, token swap): shared across seeds without CDA, per seed with it
     caches = {key: r["teacher_cache"] for key, r in runs.items()}
     assert caches[("plain_kd", 0)] == caches[("plain_kd", 1)] != caches[("max", 0)] == caches[("max", 1)]
