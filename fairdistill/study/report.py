@@ -36,10 +36,6 @@ def environment() -> dict[str, Any]:
     return {"versions": versions, "hardware": f"{os.cpu_count()} CPU cores ({cpu})"}
 
 
-def _num(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
-
-
 def cell(entry: dict | None, digits: int = 3, signed: bool = False) -> str:
     if not entry or entry.get("value") is None:
         return "—"

@@ -105,6 +105,7 @@ class Study:
         self.spec, self.out, self.work, self.bold = spec, out, work, bold
         self.passthrough = list(passthrough)
         self.base = {**read_recipe(spec.train_recipe), **spec.train}
+        self.heal_record: dict | None = None  # set by run_all: the shared starting point's record
 
     def prepare(self) -> None:
         """Training text and the two held-out texts: the recipe's ``data:`` (text, perplexity_text,
@@ -337,8 +338,6 @@ class Study:
         for seed in seeds:  # seed-major: a complete picture of one seed comes first
             for arm in arms:
                 self.student(arm, seed)
-
-    heal_record: dict | None = None
 
     # -- the invocation log ----------------------------------------------------------------------------
 
