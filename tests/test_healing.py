@@ -73,5 +73,30 @@ def test_healing_tiny(tmp_path):
     even_1 = next(r for r in result["runs"] if r["selection"] == "even" and r["layers"] == 1)
     assert even_1["kept"] == [0]
     assert "| layers | selection |" in proc.stdout and (out / "healing.png").is_file()
+    assert all(run["complete"] for run in result["runs"])
+
+    # A stopped run keeps its early points; --combine merges two processes' files into one table.
+    partial = {
+        **result,
+        "runs": [{**result["runs"][0], "curve": result["runs"][0]["curve"][:2], "complete": False}],
+    }
+    (tmp_path / "partial.json").write_text(json.dumps(partial))
+    combined_dir = tmp_path / "combined"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "healing.py"), "--combine", str(out / "healing.json"),
+         str(tmp_path / "partial.json"), "--out", str(combined_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    combined = json.loads((combined_dir / "healing.json").read_text())
+    assert combined["runs"] == result["runs"] + partial["runs"] and len(combined["parts"]) == 2
+    assert "| — |" in proc.stdout.splitlines()[-1]  # the stopped run's missing last point
+    (tmp_path / "other.json").write_text(json.dumps({**result, "teacher_perplexity": 1.0}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "healing.py"), "--combine", str(out / "healing.json"),
+         str(tmp_path / "other.json"), "--out", str(tmp_path / "refused")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "teacher_perplexity" in proc.stderr
     for module in ("datasets", "wandb", "gguf"):  # runs on a GPU machine that lacks them
         assert f"import {module}" not in (REPO_ROOT / "bench" / "healing.py").read_text()
