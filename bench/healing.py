@@ -100,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("results/healing"))
     args = p.parse_args(argv)
     if args.combine:
+        for path in args.combine:
+            if not path.is_file():
+                p.error(f"--combine {path} does not exist; pass the healing.json files of earlier runs")
         return args
     args.selection = [s.strip() for s in args.selection.split(",") if s.strip()]
     for name in args.selection:

@@ -98,5 +98,10 @@ def test_healing_tiny(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0 and "teacher_perplexity" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "healing.py"), "--combine", str(tmp_path / "no.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "no.json does not exist" in proc.stderr
     for module in ("datasets", "wandb", "gguf"):  # runs on a GPU machine that lacks them
         assert f"import {module}" not in (REPO_ROOT / "bench" / "healing.py").read_text()
